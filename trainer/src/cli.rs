@@ -1,0 +1,342 @@
+//! Command-line interface.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, Tta};
+use crate::data::{self, cifar_bin, image_folder, Dataset, Source};
+use crate::run::{Checkpoint, DatasetRef, RunDir};
+use crate::{device, eval, plot, train};
+
+/// Train CIFAR-10-style image classifiers on the CPU (or a CUDA GPU) with candle.
+#[derive(Parser)]
+#[command(name = "trainer", version, about, long_about = None, after_help = "\
+Typical workflow:
+  trainer data import ../shared/data/cifar10-train-jpg.tar.gz   # -> data/cifar10
+  trainer fit --config configs/cpu-quick.toml                   # -> runs/<id>/
+  trainer eval --run runs/<id>")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Hide progress bars.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Import, download, verify and describe datasets.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Train a model from a TOML config.
+    Fit(FitArgs),
+    /// Evaluate a trained run on its validation split.
+    Eval(EvalArgs),
+    /// Time a training step with our CPU kernels against candle's.
+    Bench(BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Import an ImageFolder tree (<class>/*.jpg or <split>/<class>/*.jpg) from a
+    /// directory, .tar or .tar.gz.
+    Import {
+        /// The directory or archive to import.
+        source: PathBuf,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Import the official CIFAR-10 binary archive (cifar-10-binary.tar.gz), from a local
+    /// file or a URL. The official file's published md5 is checked.
+    Fetch {
+        /// A local copy of the archive.
+        #[arg(long, conflicts_with = "url")]
+        file: Option<PathBuf>,
+        /// Where to download it from.
+        #[arg(long, default_value = cifar_bin::OFFICIAL_URL)]
+        url: String,
+        /// Expected md5 of a non-official archive.
+        #[arg(long)]
+        md5: Option<String>,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Re-hash a dataset and check it against its manifest.
+    Verify {
+        /// The dataset directory.
+        #[arg(default_value = "data/cifar10")]
+        dir: PathBuf,
+    },
+    /// Per-class counts and per-channel mean/std.
+    Stats {
+        /// The dataset directory.
+        #[arg(default_value = "data/cifar10")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct OutArgs {
+    /// The dataset directory to create.
+    #[arg(long, short, default_value = "data/cifar10")]
+    out: PathBuf,
+    /// Training images held out for validation (class-balanced).
+    #[arg(long, default_value_t = 5000)]
+    val_size: usize,
+    /// Seed of the validation split.
+    #[arg(long, default_value_t = 0)]
+    split_seed: u64,
+    /// Replace an existing dataset directory.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(clap::Args)]
+struct FitArgs {
+    /// The training recipe (TOML).
+    #[arg(long, short, required_unless_present = "resume")]
+    config: Option<PathBuf>,
+    /// Overrides of config keys, e.g. `train.epochs=3 model.widths=[16,32,64]`.
+    overrides: Vec<String>,
+    /// Continue an interrupted run from its last checkpoint.
+    #[arg(long, conflicts_with = "config")]
+    resume: Option<PathBuf>,
+    /// Where to write the run (default runs/<time>-<config name>).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TtaArg {
+    None,
+    Flip,
+    FlipTranslate,
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// The run directory.
+    #[arg(long)]
+    run: PathBuf,
+    /// Evaluate with test-time augmentation (flip + translate); or pick a level.
+    #[arg(long, num_args = 0..=1, default_missing_value = "flip-translate")]
+    tta: Option<TtaArg>,
+    /// Evaluate on the dataset's test split instead of the validation split.
+    #[arg(long)]
+    test: bool,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// The recipe whose model is timed.
+    #[arg(long, short, default_value = "configs/cpu.toml")]
+    config: PathBuf,
+    /// Config overrides.
+    overrides: Vec<String>,
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Timed steps (after one warm-up step).
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Only time our kernels (skip the slow candle baselines).
+    #[arg(long)]
+    fast_only: bool,
+}
+
+pub fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Data(cmd) => {
+            device::set_threads(0);
+            data_command(cmd, cli.quiet)
+        }
+        Command::Fit(args) => fit(args, cli.quiet),
+        Command::Eval(args) => eval_command(args),
+        Command::Bench(args) => {
+            let cfg = Config::resolve(Some(&args.config), &args.overrides)?;
+            device::set_threads(cfg.threads);
+            crate::bench::run(&cfg, args.batch, args.steps.max(1), !args.fast_only)
+        }
+    }
+}
+
+fn print_dataset(ds: &Dataset, dir: &Path) {
+    let m = &ds.manifest;
+    println!("dataset {} ({})", dir.display(), m.source.location);
+    println!("  digest      {}", m.digest);
+    println!("  classes     {}", m.classes.join(", "));
+    for name in ["train", "test"] {
+        if let Some(s) = m.splits.get(name) {
+            println!("  {name:<11} {} images", s.count);
+        }
+    }
+    println!("  validation  {} images held out of train (seed {})", m.validation.size, m.validation.seed);
+}
+
+fn data_command(cmd: DataCommand, quiet: bool) -> Result<()> {
+    match cmd {
+        DataCommand::Import { source, out } => {
+            let imported = image_folder::import(&source, quiet)?;
+            let sha = if source.is_file() { Some(data::file_sha256(&source)?) } else { None };
+            let src = Source { kind: "image-folder".into(), location: source.display().to_string(), sha256: sha };
+            let ds = Dataset::new(imported.classes, imported.train, imported.test, out.val_size, out.split_seed, src)?;
+            ds.save(&out.out, out.force)?;
+            print_dataset(&ds, &out.out);
+            if imported.resized > 0 {
+                println!("  note        {} images were not 32x32 and were resized", imported.resized);
+            }
+            if imported.ignored_files > 0 {
+                println!("  note        {} files that are not images were ignored", imported.ignored_files);
+            }
+            Ok(())
+        }
+        DataCommand::Fetch { file, url, md5, out } => {
+            if out.out.exists() && !out.force {
+                bail!("{} already exists (pass --force to replace it)", out.out.display());
+            }
+            let (path, location, _download_dir) = match file {
+                Some(f) => (f.clone(), f.display().to_string(), None),
+                None => {
+                    let parent = out.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                    std::fs::create_dir_all(parent)?;
+                    let tmp = data::tempdir_in(parent, ".download")?;
+                    let guard = data::RemoveOnDrop(Some(tmp.clone()));
+                    eprintln!("downloading {url}");
+                    (cifar_bin::download(&url, &tmp, quiet)?, url.clone(), Some(guard))
+                }
+            };
+            let checked = cifar_bin::verify_checksum(&path, md5.as_deref())?;
+            let parsed = cifar_bin::read_archive(&path)?;
+            let src = Source { kind: "cifar10-binary".into(), location, sha256: Some(data::file_sha256(&path)?) };
+            let ds = Dataset::new(parsed.classes, parsed.train, parsed.test, out.val_size, out.split_seed, src)?;
+            ds.save(&out.out, out.force)?;
+            print_dataset(&ds, &out.out);
+            println!("  checksum    {}", if checked { "md5 verified" } else { "not checked (not the official file name; pass --md5 to check)" });
+            Ok(())
+        }
+        DataCommand::Verify { dir } => {
+            let ds = Dataset::load(&dir)?;
+            ds.verify().with_context(|| format!("{} failed verification", dir.display()))?;
+            print_dataset(&ds, &dir);
+            println!("OK: content digest and validation split verified");
+            Ok(())
+        }
+        DataCommand::Stats { dir } => {
+            let ds = Dataset::load(&dir)?;
+            print_dataset(&ds, &dir);
+            let classes = &ds.manifest.classes;
+            for (name, split) in [("train", Some(&ds.train)), ("test", ds.test.as_ref())] {
+                let Some(split) = split else { continue };
+                let (mean, std) = data::channel_stats(split);
+                println!("\n{name}: {} images", split.len());
+                println!("  channel mean (R, G, B)  {:.4} {:.4} {:.4}", mean[0], mean[1], mean[2]);
+                println!("  channel std  (R, G, B)  {:.4} {:.4} {:.4}", std[0], std[1], std[2]);
+                println!("  {:<12} {:>7}", "class", "images");
+                for (c, n) in classes.iter().zip(split.per_class_counts(classes.len())) {
+                    println!("  {c:<12} {n:>7}");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn fit(args: FitArgs, quiet: bool) -> Result<()> {
+    let (cfg, run, resume) = match &args.resume {
+        Some(dir) => {
+            let run = RunDir::open(dir)?;
+            let cfg = Config::resolve(Some(&run.file("config.toml")), &args.overrides)?;
+            device::set_threads(cfg.threads);
+            let (dev, _) = device::select(&cfg.device)?;
+            let ck = Checkpoint::load(&run.checkpoint_path(), &dev)
+                .with_context(|| format!("{} has no checkpoint to resume from", dir.display()))?;
+            (cfg, run, Some(ck))
+        }
+        None => {
+            let cfg = Config::resolve(args.config.as_deref(), &args.overrides)?;
+            device::set_threads(cfg.threads);
+            let dir = match &args.run_dir {
+                Some(d) => d.clone(),
+                None => PathBuf::from("runs").join(format!("{}-{}", timestamp(), cfg.name)),
+            };
+            // Check the dataset before creating anything.
+            data::Dataset::load(Path::new(&cfg.data.path))?;
+            let run = RunDir::create(dir)?;
+            cifar_sdk::write_atomic(&run.file("config.toml"), cfg.to_toml()?.as_bytes())?;
+            (cfg, run, None)
+        }
+    };
+    train::install_interrupt_handler();
+    eprintln!("run: {}", run.path.display());
+    let s = train::fit(&cfg, &run, resume, quiet)?;
+    println!(
+        "done: {} steps in {:.0}s ({:.0} images/s); validation accuracy {:.2}%, with TTA ({}) {:.2}%",
+        s.steps,
+        s.train_secs,
+        s.images_per_sec,
+        100.0 * s.val_accuracy,
+        s.tta,
+        100.0 * s.val_accuracy_tta
+    );
+    println!("run directory: {}", run.path.display());
+    Ok(())
+}
+
+fn eval_command(args: EvalArgs) -> Result<()> {
+    let run = RunDir::open(&args.run)?;
+    let cfg = Config::resolve(Some(&run.file("config.toml")), &[])?;
+    device::set_threads(cfg.threads);
+    let (dev, why) = device::select(&cfg.device)?;
+    let data = train::RunData::load(&cfg)?;
+    let recorded: DatasetRef = run.read_json("dataset.json")?;
+    if recorded.digest != data.dataset.manifest.digest {
+        bail!(
+            "{} was trained on dataset {} but {} now holds {}",
+            run.path.display(),
+            recorded.digest,
+            cfg.data.path,
+            data.dataset.manifest.digest
+        );
+    }
+    let net = train::build_model(&cfg, &data, &dev)?;
+    let (weights, which) = train::load_run_weights(&run, &dev)?;
+    net.params().load(&weights, "")?;
+    let tta = match args.tta {
+        None | Some(TtaArg::None) => Tta::None,
+        Some(TtaArg::Flip) => Tta::Flip,
+        Some(TtaArg::FlipTranslate) => Tta::FlipTranslate,
+    };
+    let (split, indices, split_name) = if args.test {
+        let test = data.dataset.test.as_ref().context("this dataset has no test split")?;
+        (test.clone(), (0..test.len() as u32).collect::<Vec<_>>(), "test")
+    } else {
+        (data.split.as_ref().clone(), data.val_idx.clone(), "validation")
+    };
+    eprintln!("evaluating {which} on {} {split_name} images, TTA {tta:?}, device {why}", indices.len());
+    let report = eval::evaluate(net.as_ref(), &split, &indices, tta, cfg.eval.batch_size, &dev)?;
+    print!("{}", eval::format_report(&report, &data.dataset.manifest.classes));
+    let stem = format!("eval-{split_name}-{}", format!("{tta:?}").to_lowercase());
+    run.write_json(&format!("{stem}.json"), &report)?;
+    plot::confusion_matrix(&run.file(&format!("{stem}-confusion.png")), &data.dataset.manifest.classes, &report.confusion)?;
+    println!("\nwrote {0}/{stem}.json and {0}/{stem}-confusion.png", run.path.display());
+    Ok(())
+}
+
+/// UTC `YYYYmmdd-HHMMSS` for run names.
+fn timestamp() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, (rem % 3600) / 60, rem % 60)
+}

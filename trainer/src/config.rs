@@ -1,0 +1,363 @@
+//! Training recipes: TOML files with defaults for every key, and `key=value` overrides
+//! from the command line.
+//!
+//! An override must name a key that exists (with its dotted path, e.g.
+//! `train.epochs=3`), and its value must have the key's type: anything else is refused
+//! with a message naming the key, before any work starts. The resolved config (file +
+//! overrides + defaults) is saved in the run directory.
+
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::data::loader::Augment;
+use crate::model::ModelConfig;
+
+/// A complete training recipe.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Name used in run directory names.
+    pub name: String,
+    /// Seed for initialization, data order and augmentation.
+    pub seed: u64,
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// CPU threads for the kernels (0 = all cores).
+    pub threads: usize,
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub augment: Augment,
+    pub eval: EvalConfig,
+    pub checkpoint: CheckpointConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Dataset directory made by `trainer data import` or `trainer data fetch`.
+    pub path: String,
+    /// Use only the first N training images (0 = all): for smoke tests.
+    pub train_limit: usize,
+    /// Evaluate on only the first N validation images (0 = all).
+    pub val_limit: usize,
+}
+
+/// Learning-rate schedule after warmup.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Linear decay to `end_lr_factor * lr`.
+    Linear,
+    /// Cosine decay to `end_lr_factor * lr`.
+    Cosine,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub epochs: f64,
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    pub momentum: f64,
+    pub nesterov: bool,
+    /// L2 weight decay on conv/linear weights.
+    pub weight_decay: f64,
+    /// Learning-rate multiplier for biases and batch-norm parameters.
+    pub bias_lr_mult: f64,
+    /// Weight decay on biases and batch-norm parameters.
+    pub bias_weight_decay: f64,
+    pub label_smoothing: f64,
+    /// Linear warmup from `warmup_start_factor * lr`, over this many epochs.
+    pub warmup_epochs: f64,
+    pub warmup_start_factor: f64,
+    pub schedule: Schedule,
+    pub end_lr_factor: f64,
+    /// Exponential moving average of the weights (0 = off), used for evaluation.
+    pub ema_decay: f64,
+    /// Update the EMA every this many steps.
+    pub ema_every: usize,
+    /// Batches prepared ahead of the step.
+    pub prefetch: usize,
+}
+
+/// Test-time augmentation.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Tta {
+    None,
+    /// Average with the mirrored image.
+    Flip,
+    /// Mirror and one-pixel translations (6 views).
+    FlipTranslate,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// TTA used for the final reported accuracy.
+    pub tta: Tta,
+    /// Evaluate on the validation split every N epochs (0 = only at the end).
+    pub every_epochs: usize,
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Save a checkpoint at least this often (seconds, 0 = off).
+    pub every_secs: f64,
+    /// Save a checkpoint every N steps (0 = off).
+    pub every_steps: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            name: "custom".into(),
+            seed: 0,
+            device: "auto".into(),
+            threads: 0,
+            data: DataConfig::default(),
+            model: ModelConfig::default(),
+            train: TrainConfig::default(),
+            augment: Augment::default(),
+            eval: EvalConfig::default(),
+            checkpoint: CheckpointConfig::default(),
+        }
+    }
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self { path: "data/cifar10".into(), train_limit: 0, val_limit: 0 }
+    }
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 10.0,
+            batch_size: 256,
+            lr: 0.2,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 5e-4,
+            bias_lr_mult: 1.0,
+            bias_weight_decay: 0.0,
+            label_smoothing: 0.2,
+            warmup_epochs: 1.0,
+            warmup_start_factor: 0.1,
+            schedule: Schedule::Linear,
+            end_lr_factor: 0.0,
+            ema_decay: 0.0,
+            ema_every: 5,
+            prefetch: 4,
+        }
+    }
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self { tta: Tta::FlipTranslate, every_epochs: 1, batch_size: 500 }
+    }
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self { every_secs: 60.0, every_steps: 0 }
+    }
+}
+
+/// Parses an override value: a TOML value if it is one (`3`, `0.5`, `true`, `[1, 2]`,
+/// `"x"`), else a bare string (`device=cpu`).
+fn parse_value(raw: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    }
+}
+
+fn type_name(v: &toml::Value) -> &'static str {
+    v.type_str()
+}
+
+/// Applies one `key=value` override to a TOML tree that holds every known key.
+fn apply_override(tree: &mut toml::Value, spec: &str) -> Result<()> {
+    let (key, raw) = spec
+        .split_once('=')
+        .ok_or_else(|| anyhow!("override {spec:?} must look like key=value (for example train.epochs=3)"))?;
+    let key = key.trim();
+    let mut node = &mut *tree;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let table = node.as_table_mut().ok_or_else(|| anyhow!("unknown config key {key:?}"))?;
+        let known: Vec<String> = table.keys().cloned().collect();
+        node = table.get_mut(*part).ok_or_else(|| {
+            let prefix = parts[..i].join(".");
+            let options = known
+                .iter()
+                .map(|k| if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") })
+                .collect::<Vec<_>>()
+                .join(", ");
+            anyhow!("unknown config key {key:?}; known keys here: {options}")
+        })?;
+    }
+    if node.is_table() {
+        bail!("config key {key:?} is a section; override one of its keys instead");
+    }
+    let mut value = parse_value(raw.trim());
+    // An integer where a float is expected is fine (`train.epochs=3`).
+    if let (toml::Value::Float(_), toml::Value::Integer(i)) = (&*node, &value) {
+        value = toml::Value::Float(*i as f64);
+    }
+    let same_kind = std::mem::discriminant(&*node) == std::mem::discriminant(&value);
+    if !same_kind {
+        bail!(
+            "config key {key:?} expects a {}, got {:?} (a {})",
+            type_name(node),
+            raw.trim(),
+            type_name(&value)
+        );
+    }
+    *node = value;
+    Ok(())
+}
+
+/// Merges a user's TOML over the defaults, refusing keys the defaults do not have.
+fn merge(base: &mut toml::Value, user: toml::Value, path: &str) -> Result<()> {
+    match (base, user) {
+        (toml::Value::Table(b), toml::Value::Table(u)) => {
+            for (k, v) in u {
+                let full = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let known: Vec<String> = b.keys().cloned().collect();
+                let slot = b.get_mut(&k).ok_or_else(|| anyhow!("unknown config key {full:?}; known keys here: {}", known.join(", ")))?;
+                merge(slot, v, &full)?;
+            }
+            Ok(())
+        }
+        (slot, v) => {
+            let v = match (&*slot, v) {
+                (toml::Value::Float(_), toml::Value::Integer(i)) => toml::Value::Float(i as f64),
+                (_, v) => v,
+            };
+            if std::mem::discriminant(&*slot) != std::mem::discriminant(&v) {
+                bail!("config key {path:?} expects a {}, got a {}", type_name(slot), type_name(&v));
+            }
+            *slot = v;
+            Ok(())
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` (if given), applies overrides and checks the result.
+    pub fn resolve(path: Option<&Path>, overrides: &[String]) -> Result<Config> {
+        let mut tree = toml::Value::try_from(Config::default()).context("cannot serialize the default config")?;
+        if let Some(p) = path {
+            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config {}", p.display()))?;
+            let user: toml::Value = toml::from_str(&text).with_context(|| format!("{}: invalid TOML", p.display()))?;
+            merge(&mut tree, user, "").with_context(|| format!("in config {}", p.display()))?;
+            if let Some(t) = tree.as_table_mut() {
+                if !t.get("name").is_some_and(|n| n.as_str() != Some("custom")) {
+                    let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                    t.insert("name".into(), toml::Value::String(stem));
+                }
+            }
+        }
+        for o in overrides {
+            apply_override(&mut tree, o)?;
+        }
+        let cfg: Config = tree.try_into().context("invalid config")?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Range checks that the types alone cannot express.
+    pub fn check(&self) -> Result<()> {
+        let t = &self.train;
+        if !(t.epochs > 0.0) {
+            bail!("train.epochs must be positive, got {}", t.epochs);
+        }
+        if t.batch_size == 0 {
+            bail!("train.batch_size must be at least 1");
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            bail!("train.lr must be a positive number, got {}", t.lr);
+        }
+        if !(0.0..1.0).contains(&t.momentum) {
+            bail!("train.momentum must be in [0, 1), got {}", t.momentum);
+        }
+        if !(0.0..1.0).contains(&t.label_smoothing) {
+            bail!("train.label_smoothing must be in [0, 1), got {}", t.label_smoothing);
+        }
+        if !(0.0..1.0).contains(&t.ema_decay) {
+            bail!("train.ema_decay must be in [0, 1), got {}", t.ema_decay);
+        }
+        if self.eval.batch_size == 0 {
+            bail!("eval.batch_size must be at least 1");
+        }
+        self.model.check()?;
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_set_values_of_the_right_type() {
+        let c = Config::resolve(None, &["train.epochs=3".into(), "device=cpu".into(), "model.widths=[8, 16, 32]".into()]).unwrap();
+        assert_eq!(c.train.epochs, 3.0);
+        assert_eq!(c.device, "cpu");
+        assert_eq!(c.model.widths, vec![8, 16, 32]);
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_refused_by_name() {
+        let e = Config::resolve(None, &["train.epoch=3".into()]).unwrap_err().to_string();
+        assert!(e.contains("unknown config key \"train.epoch\"") && e.contains("train.epochs"), "{e}");
+        let e = Config::resolve(None, &["train.epochs=many".into()]).unwrap_err().to_string();
+        assert!(e.contains("train.epochs") && e.contains("float"), "{e}");
+        let e = Config::resolve(None, &["train.batch_size=1.5".into()]).unwrap_err().to_string();
+        assert!(e.contains("train.batch_size") && e.contains("integer"), "{e}");
+        let e = Config::resolve(None, &["train".into()]).unwrap_err().to_string();
+        assert!(e.contains("key=value"), "{e}");
+        let e = Config::resolve(None, &["train=3".into()]).unwrap_err().to_string();
+        assert!(e.contains("section"), "{e}");
+    }
+
+    #[test]
+    fn files_with_unknown_keys_are_refused() {
+        let dir = std::env::temp_dir().join(format!("cfg-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("bad.toml");
+        std::fs::write(&p, "[train]\nepochz = 3\n").unwrap();
+        let e = format!("{:#}", Config::resolve(Some(&p), &[]).unwrap_err());
+        assert!(e.contains("train.epochz"), "{e}");
+        std::fs::write(&p, "[train]\nepochs = \"3\"\n").unwrap();
+        let e = format!("{:#}", Config::resolve(Some(&p), &[]).unwrap_err());
+        assert!(e.contains("train.epochs"), "{e}");
+        std::fs::write(&p, "[train]\nepochs = 2\n").unwrap();
+        let c = Config::resolve(Some(&p), &[]).unwrap();
+        assert_eq!((c.train.epochs, c.name.as_str()), (2.0, "bad"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn shipped_configs_parse() {
+        for name in ["cpu-quick", "cpu"] {
+            let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../configs/{name}.toml"));
+            let c = Config::resolve(Some(&p), &[]).unwrap();
+            assert_eq!(c.name, name);
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The run directory `runs/<id>/` and its files:
+//!
+//! ```text
+//! config.toml                 the resolved config
+//! dataset.json                path and digest of the dataset used
+//! metrics.jsonl               one JSON record per step and per epoch
+//! checkpoints/last.safetensors  model, optimizer, EMA and progress, written atomically
+//! model.safetensors           the final weights (EMA weights when EMA is on)
+//! summary.json                final accuracy, time, throughput
+//! loss.png, accuracy.png      training curves
+//! ```
+//!
+//! A checkpoint is one file written to a temporary name and renamed, so a `kill -9` at
+//! any moment leaves the previous checkpoint intact.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+
+/// Where a training run is in its schedule.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]
+pub struct Progress {
+    /// Optimizer steps done.
+    pub global_step: usize,
+    /// Epoch being trained (0-based) and steps of it done.
+    pub epoch: usize,
+    pub step_in_epoch: usize,
+    /// Training wall time so far, across resumes.
+    pub elapsed_secs: f64,
+}
+
+/// The dataset a run used.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DatasetRef {
+    pub path: String,
+    pub digest: String,
+}
+
+/// Final results, `summary.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Summary {
+    pub config_name: String,
+    pub dataset_digest: String,
+    pub device: String,
+    pub epochs: f64,
+    pub steps: usize,
+    pub train_secs: f64,
+    pub images_per_sec: f64,
+    pub val_accuracy: f64,
+    pub val_accuracy_tta: f64,
+    pub tta: String,
+    pub val_images: usize,
+    pub parameters: usize,
+    pub used_ema: bool,
+    pub resumed: bool,
+}
+
+pub struct RunDir {
+    pub path: PathBuf,
+}
+
+pub const CHECKPOINT_FORMAT: &str = "cifar-edge-checkpoint/1";
+
+impl RunDir {
+    /// Creates a new run directory (refusing to reuse one that has a checkpoint).
+    pub fn create(path: PathBuf) -> Result<Self> {
+        if path.join("checkpoints/last.safetensors").exists() {
+            bail!("{} already holds a run; continue it with --resume {0} or choose another --run-dir", path.display());
+        }
+        std::fs::create_dir_all(path.join("checkpoints")).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(Self { path })
+    }
+
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.join("config.toml").exists() {
+            bail!("{} is not a run directory (no config.toml)", path.display());
+        }
+        Ok(Self { path: path.to_path_buf() })
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.path.join("checkpoints/last.safetensors")
+    }
+
+    pub fn write_json<T: Serialize>(&self, name: &str, v: &T) -> Result<()> {
+        cifar_sdk::write_atomic(&self.file(name), &serde_json::to_vec_pretty(v)?)?;
+        Ok(())
+    }
+
+    pub fn read_json<T: for<'a> Deserialize<'a>>(&self, name: &str) -> Result<T> {
+        let p = self.file(name);
+        let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", p.display()))
+    }
+
+    /// Appends one record to `metrics.jsonl`.
+    pub fn log(&self, record: &serde_json::Value) -> Result<()> {
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(self.file("metrics.jsonl"))?;
+        writeln!(f, "{record}")?;
+        Ok(())
+    }
+
+    /// All records of `metrics.jsonl` (a torn last line from a crash is skipped).
+    pub fn records(&self) -> Result<Vec<serde_json::Value>> {
+        let text = std::fs::read_to_string(self.file("metrics.jsonl")).unwrap_or_default();
+        Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    }
+
+    /// Drops the records written after `global_step` (they will be written again by the
+    /// resumed run), atomically.
+    pub fn truncate_records(&self, global_step: usize) -> Result<()> {
+        let kept: Vec<String> = self
+            .records()?
+            .into_iter()
+            .filter(|r| r.get("step").and_then(|s| s.as_u64()).is_some_and(|s| s as usize <= global_step))
+            .map(|r| r.to_string() + "\n")
+            .collect();
+        cifar_sdk::write_atomic(&self.file("metrics.jsonl"), kept.concat().as_bytes())?;
+        Ok(())
+    }
+}
+
+fn f32_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    let v = t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+    Ok(v.iter().flat_map(|x| x.to_le_bytes()).collect())
+}
+
+/// Writes named tensors and string metadata to a safetensors file, atomically.
+pub fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>, meta: HashMap<String, String>) -> Result<()> {
+    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        owned.push((name.clone(), t.dims().to_vec(), f32_bytes(t)?));
+    }
+    let views = owned
+        .iter()
+        .map(|(n, shape, bytes)| Ok((n.clone(), TensorView::new(Dtype::F32, shape.clone(), bytes)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(views, Some(meta))?;
+    cifar_sdk::write_atomic(path, &bytes)?;
+    Ok(())
+}
+
+/// Reads every f32 tensor and the metadata of a safetensors file.
+pub fn load_tensors(path: &Path, dev: &Device) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes).with_context(|| format!("{}: not a valid safetensors file", path.display()))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != Dtype::F32 {
+            bail!("{}: tensor {name} is {:?}, expected F32", path.display(), view.dtype());
+        }
+        let data: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        out.insert(name, Tensor::from_vec(data, view.shape(), dev)?);
+    }
+    Ok((out, meta))
+}
+
+/// Everything needed to continue a run.
+pub struct Checkpoint {
+    pub tensors: HashMap<String, Tensor>,
+    pub progress: Progress,
+    pub dataset_digest: String,
+}
+
+impl Checkpoint {
+    pub fn save(path: &Path, tensors: HashMap<String, Tensor>, progress: &Progress, dataset_digest: &str) -> Result<()> {
+        let meta = HashMap::from([
+            ("format".to_string(), CHECKPOINT_FORMAT.to_string()),
+            ("progress".to_string(), serde_json::to_string(progress)?),
+            ("dataset_digest".to_string(), dataset_digest.to_string()),
+        ]);
+        save_tensors(path, &tensors, meta)
+    }
+
+    pub fn load(path: &Path, dev: &Device) -> Result<Self> {
+        let (tensors, meta) = load_tensors(path, dev)?;
+        if meta.get("format").map(String::as_str) != Some(CHECKPOINT_FORMAT) {
+            bail!("{}: not a cifar-edge checkpoint", path.display());
+        }
+        let progress = serde_json::from_str(meta.get("progress").map(String::as_str).unwrap_or(""))
+            .with_context(|| format!("{}: invalid progress record", path.display()))?;
+        let dataset_digest = meta.get("dataset_digest").cloned().unwrap_or_default();
+        Ok(Self { tensors, progress, dataset_digest })
+    }
+
+    /// Tensors whose names start with `prefix`, with the prefix removed.
+    pub fn with_prefix(&self, prefix: &str) -> HashMap<String, Tensor> {
+        self.tensors
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_string(), v.clone())))
+            .collect()
+    }
+}

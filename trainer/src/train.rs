@@ -1,0 +1,349 @@
+//! `trainer fit`: the training loop, with checkpoints, resume, metrics and progress.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor, D};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use crate::config::{Config, Tta};
+use crate::data::loader::{epoch_order, EpochPlan, Prefetcher};
+use crate::data::{Dataset, Split};
+use crate::eval;
+use crate::model::{self, Network};
+use crate::optim::{lr_at, Ema, Sgd};
+use crate::run::{Checkpoint, DatasetRef, Progress, RunDir, Summary};
+
+/// Set by the Ctrl-C / SIGTERM handler; the loop saves a checkpoint and stops.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Cross-entropy with label smoothing `eps`: `(1 - eps) * nll + eps * mean(-log p)`.
+pub fn smoothed_cross_entropy(logits: &Tensor, labels: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let nll = logp.gather(&labels.unsqueeze(1)?, 1)?.neg()?.mean_all()?;
+    if eps == 0.0 {
+        return Ok(nll);
+    }
+    let smooth = logp.mean(D::Minus1)?.neg()?.mean_all()?;
+    (nll * (1.0 - eps))? + (smooth * eps)?
+}
+
+/// The data a run trains and validates on, after `data.train_limit`/`val_limit`.
+pub struct RunData {
+    pub dataset: Dataset,
+    pub split: Arc<Split>,
+    pub train_idx: Vec<u32>,
+    pub val_idx: Vec<u32>,
+}
+
+impl RunData {
+    pub fn load(cfg: &Config) -> Result<Self> {
+        let dataset = Dataset::load(std::path::Path::new(&cfg.data.path))?;
+        let mut train_idx = dataset.train_indices();
+        if cfg.data.train_limit > 0 {
+            // A strided subset keeps the classes balanced.
+            let step = (train_idx.len() / cfg.data.train_limit).max(1);
+            train_idx = train_idx.into_iter().step_by(step).take(cfg.data.train_limit).collect();
+        }
+        let mut val_idx = dataset.val_indices.clone();
+        if cfg.data.val_limit > 0 {
+            let step = (val_idx.len() / cfg.data.val_limit).max(1);
+            val_idx = val_idx.into_iter().step_by(step).take(cfg.data.val_limit).collect();
+        }
+        if train_idx.len() < cfg.train.batch_size {
+            bail!("only {} training images, fewer than one batch of {}", train_idx.len(), cfg.train.batch_size);
+        }
+        let split = Arc::new(dataset.train.clone());
+        Ok(Self { dataset, split, train_idx, val_idx })
+    }
+
+    pub fn classes(&self) -> usize {
+        self.dataset.manifest.classes.len()
+    }
+}
+
+/// Builds the network; the whitening stem sees only training images.
+pub fn build_model(cfg: &Config, data: &RunData, dev: &Device) -> Result<Box<dyn Network>> {
+    let classes = if cfg.model.classes > 0 { cfg.model.classes } else { data.classes() };
+    let sample: Vec<u32> = data.train_idx.iter().copied().take(5000).collect();
+    let subset = Split {
+        images: sample.iter().flat_map(|&i| data.split.image(i as usize).iter().copied()).collect(),
+        labels: sample.iter().map(|&i| data.split.labels[i as usize]).collect(),
+    };
+    model::build(&cfg.model, classes, cfg.seed, dev, Some(&subset))
+}
+
+struct Trainer<'a> {
+    cfg: &'a Config,
+    run: &'a RunDir,
+    data: &'a RunData,
+    dev: Device,
+    net: Box<dyn Network>,
+    sgd: Sgd,
+    ema: Ema,
+    progress: Progress,
+    steps_per_epoch: usize,
+    total_steps: usize,
+}
+
+impl Trainer<'_> {
+    fn checkpoint_tensors(&self) -> Result<HashMap<String, Tensor>> {
+        let mut t = HashMap::new();
+        for (k, v) in self.net.params().snapshot() {
+            t.insert(format!("model.{k}"), v);
+        }
+        for (k, v) in &self.sgd.buffers {
+            t.insert(format!("opt.{k}"), v.clone());
+        }
+        for (k, v) in &self.ema.values {
+            t.insert(format!("ema.{k}"), v.clone());
+        }
+        Ok(t)
+    }
+
+    fn save_checkpoint(&self) -> Result<()> {
+        Checkpoint::save(&self.run.checkpoint_path(), self.checkpoint_tensors()?, &self.progress, &self.data.dataset.manifest.digest)
+    }
+
+    fn restore(&mut self, ck: &Checkpoint) -> Result<()> {
+        self.net.params().load(&ck.with_prefix("model."), "")?;
+        self.sgd.buffers = ck.with_prefix("opt.");
+        self.ema.values = ck.with_prefix("ema.");
+        self.progress = ck.progress;
+        Ok(())
+    }
+
+    /// Evaluates with the EMA weights when there are any, then restores the live ones.
+    fn evaluate(&self, tta: Tta) -> Result<eval::Report> {
+        let use_ema = self.ema.enabled() && !self.ema.values.is_empty();
+        let live = if use_ema { Some(self.net.params().snapshot()) } else { None };
+        if use_ema {
+            self.net.params().load(&self.ema.values, "")?;
+        }
+        let r = eval::evaluate(self.net.as_ref(), &self.data.split, &self.data.val_idx, tta, self.cfg.eval.batch_size, &self.dev);
+        if let Some(live) = live {
+            self.net.params().load(&live, "")?;
+        }
+        r
+    }
+}
+
+/// Trains according to `cfg` in `run`, from scratch or from `resume`.
+pub fn fit(cfg: &Config, run: &RunDir, resume: Option<Checkpoint>, quiet: bool) -> Result<Summary> {
+    let (dev, why) = crate::device::select(&cfg.device)?;
+    eprintln!("device: {why}; {} CPU threads", rayon::current_num_threads());
+    let data = RunData::load(cfg)?;
+    let digest = data.dataset.manifest.digest.clone();
+    if let Some(ck) = &resume {
+        if ck.dataset_digest != digest {
+            bail!("the checkpoint was trained on dataset {} but {} now holds {}", ck.dataset_digest, cfg.data.path, digest);
+        }
+    }
+    run.write_json("dataset.json", &DatasetRef { path: cfg.data.path.clone(), digest: digest.clone() })?;
+    let net = build_model(cfg, &data, &dev)?;
+    let steps_per_epoch = data.train_idx.len() / cfg.train.batch_size;
+    let total_steps = ((cfg.train.epochs * steps_per_epoch as f64).round() as usize).max(1);
+    eprintln!(
+        "data: {} ({}), {} training / {} validation images; model: {:?} {:?}, {} parameters, {:.1} MFLOP/image",
+        cfg.data.path,
+        data.dataset.short_digest(),
+        data.train_idx.len(),
+        data.val_idx.len(),
+        cfg.model.kind,
+        cfg.model.widths,
+        net.params().count_trainable(),
+        net.flops_per_image() as f64 / 1e6
+    );
+    let mut t = Trainer {
+        cfg,
+        run,
+        data: &data,
+        dev: dev.clone(),
+        net,
+        sgd: Sgd::new(&cfg.train),
+        ema: Ema::new(cfg.train.ema_decay, cfg.train.ema_every),
+        progress: Progress::default(),
+        steps_per_epoch,
+        total_steps,
+    };
+    let resumed = resume.is_some();
+    if let Some(ck) = resume {
+        t.restore(&ck)?;
+        run.truncate_records(t.progress.global_step)?;
+        eprintln!("resuming at step {} (epoch {}, step {} of it)", t.progress.global_step, t.progress.epoch + 1, t.progress.step_in_epoch);
+    }
+    let train_secs = train_loop(&mut t, quiet)?;
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted: checkpoint saved at step {}; continue with `trainer fit --resume {}`", t.progress.global_step, run.path.display());
+    }
+
+    // Final evaluation and the weights to keep.
+    let plain = t.evaluate(Tta::None)?;
+    let with_tta = if cfg.eval.tta == Tta::None { plain.clone() } else { t.evaluate(cfg.eval.tta)? };
+    let final_weights = if t.ema.enabled() && !t.ema.values.is_empty() { t.ema.values.clone() } else { t.net.params().snapshot() };
+    crate::run::save_tensors(&run.file("model.safetensors"), &final_weights, HashMap::from([("dataset_digest".into(), digest.clone())]))?;
+    let images = t.progress.global_step * cfg.train.batch_size;
+    let summary = Summary {
+        config_name: cfg.name.clone(),
+        dataset_digest: digest,
+        device: why,
+        epochs: cfg.train.epochs,
+        steps: t.progress.global_step,
+        train_secs,
+        images_per_sec: images as f64 / train_secs.max(1e-9),
+        val_accuracy: plain.accuracy,
+        val_accuracy_tta: with_tta.accuracy,
+        tta: format!("{:?}", cfg.eval.tta),
+        val_images: data.val_idx.len(),
+        parameters: t.net.params().count_trainable(),
+        used_ema: t.ema.enabled(),
+        resumed,
+    };
+    run.write_json("summary.json", &summary)?;
+    run.log(&json!({"kind": "final", "step": t.progress.global_step, "val_acc": plain.accuracy, "val_acc_tta": with_tta.accuracy, "train_secs": train_secs}))?;
+    if let Err(e) = crate::plot::training_curves(run) {
+        eprintln!("warning: could not draw the training curves: {e:#}");
+    }
+    Ok(summary)
+}
+
+/// Runs the remaining steps; returns the total training seconds (across resumes).
+fn train_loop(t: &mut Trainer, quiet: bool) -> Result<f64> {
+    let cfg = t.cfg;
+    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(t.total_steps as u64) };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position(t.progress.global_step as u64);
+    let norm = cifar_sdk::Normalization::CIFAR10.affine();
+    let session_start = Instant::now();
+    let base_elapsed = t.progress.elapsed_secs;
+    let mut last_checkpoint = Instant::now();
+    let epochs = t.total_steps.div_ceil(t.steps_per_epoch);
+    while t.progress.global_step < t.total_steps {
+        let epoch = t.progress.epoch;
+        let steps = t.steps_per_epoch.min(t.total_steps - epoch * t.steps_per_epoch);
+        let plan = EpochPlan {
+            order: epoch_order(&t.data.train_idx, cfg.seed, epoch),
+            batch_size: cfg.train.batch_size,
+            first_step: t.progress.step_in_epoch,
+            steps,
+            seed: cfg.seed,
+            epoch,
+            augment: cfg.augment,
+            norm,
+        };
+        let mut loader = Prefetcher::start(t.data.split.clone(), plan, cfg.train.prefetch);
+        let (mut loss_sum, mut loss_n, mut wait_secs) = (0f64, 0usize, 0f64);
+        let epoch_start = Instant::now();
+        loop {
+            let wait = Instant::now();
+            let Some(batch) = loader.next_batch() else { break };
+            let waited = wait.elapsed().as_secs_f64();
+            wait_secs += waited;
+            let step_start = Instant::now();
+            let bsz = batch.y.len();
+            let x = Tensor::from_vec(batch.x, (bsz, 3, 32, 32), &t.dev)?;
+            let y = Tensor::from_vec(batch.y, bsz, &t.dev)?;
+            let lr = lr_at(&cfg.train, t.progress.global_step, t.total_steps, t.steps_per_epoch);
+            let logits = t.net.forward(&x, true)?;
+            let loss = smoothed_cross_entropy(&logits, &y, cfg.train.label_smoothing)?;
+            let grads = loss.backward()?;
+            t.sgd.step(t.net.params(), &grads, lr)?;
+            let loss_v = loss.to_scalar::<f32>()? as f64;
+            if !loss_v.is_finite() {
+                bail!("the loss became {loss_v} at step {}: lower train.lr (now {})", t.progress.global_step, cfg.train.lr);
+            }
+            t.progress.global_step += 1;
+            t.progress.step_in_epoch = batch.step + 1;
+            t.ema.update(t.net.params(), t.progress.global_step)?;
+            let step_secs = step_start.elapsed().as_secs_f64();
+            loss_sum += loss_v;
+            loss_n += 1;
+            t.progress.elapsed_secs = base_elapsed + session_start.elapsed().as_secs_f64();
+            t.run.log(&json!({
+                "kind": "step", "step": t.progress.global_step, "epoch": epoch + 1, "loss": loss_v, "lr": lr,
+                "images_per_sec": bsz as f64 / (step_secs + waited), "step_ms": step_secs * 1e3,
+                "data_wait_ms": waited * 1e3, "data_prep_ms": batch.prep_secs * 1e3,
+            }))?;
+            bar.set_position(t.progress.global_step as u64);
+            bar.set_message(format!(
+                "epoch {}/{epochs}  loss {:.3}  lr {lr:.4}  {:.0} img/s",
+                epoch + 1,
+                loss_sum / loss_n as f64,
+                bsz as f64 / (step_secs + waited)
+            ));
+            let due_secs = cfg.checkpoint.every_secs > 0.0 && last_checkpoint.elapsed().as_secs_f64() >= cfg.checkpoint.every_secs;
+            let due_steps = cfg.checkpoint.every_steps > 0 && t.progress.global_step % cfg.checkpoint.every_steps == 0;
+            if due_secs || due_steps || INTERRUPTED.load(Ordering::SeqCst) {
+                t.save_checkpoint()?;
+                last_checkpoint = Instant::now();
+                if INTERRUPTED.load(Ordering::SeqCst) {
+                    bar.abandon();
+                    return Ok(t.progress.elapsed_secs);
+                }
+            }
+        }
+        drop(loader);
+        // Epoch done.
+        t.progress.epoch += 1;
+        t.progress.step_in_epoch = 0;
+        let ep = t.progress.epoch;
+        let last = t.progress.global_step >= t.total_steps;
+        let val = if !last && cfg.eval.every_epochs > 0 && ep % cfg.eval.every_epochs == 0 { Some(t.evaluate(Tta::None)?.accuracy) } else { None };
+        t.progress.elapsed_secs = base_elapsed + session_start.elapsed().as_secs_f64();
+        let train_loss = loss_sum / loss_n.max(1) as f64;
+        t.run.log(&json!({
+            "kind": "epoch", "step": t.progress.global_step, "epoch": ep, "train_loss": train_loss, "val_acc": val,
+            "epoch_secs": epoch_start.elapsed().as_secs_f64(), "data_wait_secs": wait_secs, "elapsed_secs": t.progress.elapsed_secs,
+        }))?;
+        let line = format!(
+            "epoch {ep}/{epochs}: train loss {train_loss:.4}{} ({:.0}s, loader wait {:.2}s)",
+            val.map(|a| format!(", val acc {:.2}%", 100.0 * a)).unwrap_or_default(),
+            epoch_start.elapsed().as_secs_f64(),
+            wait_secs
+        );
+        if bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
+        t.save_checkpoint()?;
+        last_checkpoint = Instant::now();
+    }
+    bar.finish_and_clear();
+    Ok(t.progress.elapsed_secs)
+}
+
+/// Installs the Ctrl-C / SIGTERM handler: the first signal asks the loop to save and
+/// stop, a second one exits at once.
+pub fn install_interrupt_handler() {
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: saving a checkpoint after this step (press Ctrl-C again to quit at once)");
+    });
+}
+
+/// Loads the trained weights of a run: `model.safetensors`, or the checkpoint's (EMA
+/// weights preferred) for a run that did not finish.
+pub fn load_run_weights(run: &RunDir, dev: &Device) -> Result<(HashMap<String, Tensor>, String)> {
+    let final_path = run.file("model.safetensors");
+    if final_path.exists() {
+        let (t, _) = crate::run::load_tensors(&final_path, dev)?;
+        return Ok((t, "model.safetensors".into()));
+    }
+    let ck = Checkpoint::load(&run.checkpoint_path(), dev)
+        .with_context(|| format!("{} has neither model.safetensors nor a checkpoint", run.path.display()))?;
+    let ema = ck.with_prefix("ema.");
+    if !ema.is_empty() {
+        return Ok((ema, format!("checkpoint at step {} (EMA)", ck.progress.global_step)));
+    }
+    Ok((ck.with_prefix("model."), format!("checkpoint at step {}", ck.progress.global_step)))
+}
