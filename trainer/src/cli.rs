@@ -178,6 +178,9 @@ fn print_dataset(ds: &Dataset, dir: &Path) {
 fn data_command(cmd: DataCommand, quiet: bool) -> Result<()> {
     match cmd {
         DataCommand::Import { source, out } => {
+            if out.out.exists() && !out.force {
+                bail!("{} already exists (pass --force to replace it)", out.out.display());
+            }
             let imported = image_folder::import(&source, quiet)?;
             let sha = if source.is_file() { Some(data::file_sha256(&source)?) } else { None };
             let src = Source { kind: "image-folder".into(), location: source.display().to_string(), sha256: sha };
@@ -261,7 +264,8 @@ fn fit(args: FitArgs, quiet: bool) -> Result<()> {
                 Some(d) => d.clone(),
                 None => PathBuf::from("runs").join(format!("{}-{}", timestamp(), cfg.name)),
             };
-            // Check the dataset before creating anything.
+            // Check the device and the dataset before creating anything.
+            device::select(&cfg.device)?;
             data::Dataset::load(Path::new(&cfg.data.path))?;
             let run = RunDir::create(dir)?;
             cifar_sdk::write_atomic(&run.file("config.toml"), cfg.to_toml()?.as_bytes())?;

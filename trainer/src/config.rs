@@ -138,21 +138,22 @@ impl Default for DataConfig {
 }
 
 impl Default for TrainConfig {
+    /// airbench's recipe, converted to a mean (not summed) loss at batch 512.
     fn default() -> Self {
         Self {
             epochs: 10.0,
-            batch_size: 256,
-            lr: 0.2,
-            momentum: 0.9,
+            batch_size: 512,
+            lr: 0.75,
+            momentum: 0.85,
             nesterov: true,
-            weight_decay: 5e-4,
-            bias_lr_mult: 1.0,
-            bias_weight_decay: 0.0,
+            weight_decay: 1.33e-3,
+            bias_lr_mult: 64.0,
+            bias_weight_decay: 2e-5,
             label_smoothing: 0.2,
-            warmup_epochs: 1.0,
-            warmup_start_factor: 0.1,
+            warmup_epochs: 2.3,
+            warmup_start_factor: 0.2,
             schedule: Schedule::Linear,
-            end_lr_factor: 0.0,
+            end_lr_factor: 0.07,
             ema_decay: 0.0,
             ema_every: 5,
             prefetch: 4,

@@ -47,7 +47,9 @@ impl Airbench {
             _ => (super::uniform(rng, &[WHITEN_WIDTH, 3, 2, 2], (6.0f64 / 12.0).sqrt(), dev)?, false),
         };
         let whiten_w = params.add("whiten.weight", whiten_w, if frozen { Group::Fixed } else { Group::Weight })?;
-        let whiten_b = params.add("whiten.bias", Tensor::zeros(WHITEN_WIDTH, candle_core::DType::F32, dev)?, Group::Bias)?;
+        // The stem bias trains with the conv weights' learning rate (not the 64x of the
+        // batch-norm biases), as in airbench.
+        let whiten_b = params.add("whiten.bias", Tensor::zeros(WHITEN_WIDTH, candle_core::DType::F32, dev)?, Group::Weight)?;
         let mut flops = 2 * (WHITEN_WIDTH * 12 * 31 * 31) as u64;
         let mut groups = Vec::new();
         let (mut cin, mut hw) = (WHITEN_WIDTH, 31);

@@ -6,6 +6,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::{uniform, Group, Params};
 use crate::ops::batchnorm::{Activation, BatchNormAct};
+use crate::ops::bias_act::ChannelAffineAct;
 use crate::ops::conv;
 
 /// A bias-free convolution (the batch norm after it has the bias).
@@ -18,7 +19,9 @@ pub struct Conv {
 }
 
 impl Conv {
-    /// Kaiming-uniform init for ReLU-like activations: `U(±sqrt(6 / fan_in))`.
+    /// PyTorch's default conv init, `U(±1/sqrt(fan_in))`: the recipes' learning rates
+    /// (taken from airbench) assume this weight scale; batch norm makes the net itself
+    /// indifferent to it.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         params: &mut Params,
@@ -30,7 +33,7 @@ impl Conv {
         padding: usize,
         out_hw: usize,
     ) -> Result<Self> {
-        let bound = (6.0 / (cin * k * k) as f64).sqrt();
+        let bound = 1.0 / ((cin * k * k) as f64).sqrt();
         let w = uniform(rng, &[cout, cin, k, k], bound, dev)?;
         let weight = params.add(&format!("{name}.weight"), w, Group::Weight)?;
         let flops_per_image = 2 * (cout * cin * k * k * out_hw * out_hw) as u64;
@@ -84,6 +87,10 @@ impl BatchNorm {
             let inv = (self.running_var.as_tensor() + self.eps)?.sqrt()?.recip()?;
             let scale = (self.gamma.as_tensor() * inv)?;
             let shift = (self.beta.as_tensor() - (self.running_mean.as_tensor() * &scale)?)?;
+            if crate::ops::use_fast(x.device(), false) {
+                let op = ChannelAffineAct { scale: scale.to_vec1()?, shift: shift.to_vec1()?, act: self.act };
+                return Ok(x.contiguous()?.apply_op1_no_bwd(&op)?);
+            }
             let y = x.broadcast_mul(&scale.reshape(&bshape[..])?)?.broadcast_add(&shift.reshape(&bshape[..])?)?;
             return Ok(self.act.apply_tensor(&y)?);
         }

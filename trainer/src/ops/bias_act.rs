@@ -1,5 +1,7 @@
-//! `act(x + bias)` over channels in one pass (the whitening stem's bias and GELU),
-//! instead of a broadcast add and a separate activation, each a full-size tensor.
+//! Per-channel affine + activation in one pass: `act(x + bias)` for the whitening
+//! stem's bias and GELU (with backward), and `act(x * scale + shift)` for batch norm in
+//! inference mode (forward only), instead of broadcast ops and a separate activation,
+//! each a full-size tensor.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -49,6 +51,38 @@ impl CustomOp2 for BiasAct {
         let db = b.track_op().then(|| tensor_from_vec(db, b.dims(), b.device())).transpose()?;
         let dx = x.track_op().then(|| tensor_from_vec(dz, x.dims(), x.device())).transpose()?;
         Ok((dx, db))
+    }
+}
+
+/// Inference-only `act(x * scale[c] + shift[c])` (batch norm with running statistics).
+#[derive(Debug, Clone)]
+pub struct ChannelAffineAct {
+    pub scale: Vec<f32>,
+    pub shift: Vec<f32>,
+    pub act: Activation,
+}
+
+impl candle_core::CustomOp1 for ChannelAffineAct {
+    fn name(&self) -> &'static str {
+        "channel-affine-act"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dims = l.shape().dims();
+        let (c, hw) = match dims {
+            [_, c, h, w] => (*c, h * w),
+            [_, c] => (*c, 1),
+            _ => candle_core::bail!("channel affine expects [N,C,H,W] or [N,C], got {dims:?}"),
+        };
+        if self.scale.len() != c || self.shift.len() != c {
+            candle_core::bail!("channel affine: {c} channels but {} scales", self.scale.len());
+        }
+        let x = cpu_f32(s, l)?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(hw.max(1)).enumerate().for_each(|(p, out)| {
+            affine_act(self.act, &x[p * hw..(p + 1) * hw], self.scale[p % c], self.shift[p % c], out)
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 }
 

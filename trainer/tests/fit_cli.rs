@@ -1,0 +1,209 @@
+//! `trainer fit` / `eval`: run directories, config errors, interruption and resume, and
+//! a short run on the real CIFAR-10 data when it is present.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn summary(run: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap()
+}
+
+fn is_png(p: &Path) -> bool {
+    image::open(p).is_ok_and(|i| i.width() > 100)
+}
+
+fn last_step(run: &Path) -> u64 {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|r| r["step"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn fit_writes_a_complete_run_and_eval_reports_it() {
+    let tmp = tempdir();
+    let root = tmp.path();
+    let data = synthetic_dataset(root, 100, 100);
+    let cfg = tiny_config(root, &data, "");
+    let run_dir = root.join("runs/a");
+    let out = ok(run_fit(root, &cfg, &run_dir, &[]));
+    assert!(out.contains("device: cpu"), "the device is logged: {out}");
+    for f in ["config.toml", "dataset.json", "metrics.jsonl", "model.safetensors", "summary.json", "checkpoints/last.safetensors"] {
+        assert!(run_dir.join(f).exists(), "{f} missing");
+    }
+    assert!(is_png(&run_dir.join("loss.png")) && is_png(&run_dir.join("accuracy.png")));
+    let s = summary(&run_dir);
+    // A 10k-parameter net after 54 steps: well above chance (10%).
+    assert!(s["val_accuracy_tta"].as_f64().unwrap() >= 0.4, "{s}");
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(s["dataset_digest"], manifest["digest"], "the run records the dataset version");
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    let epochs = metrics.lines().filter(|l| l.contains("\"kind\":\"epoch\"")).count();
+    assert_eq!(epochs, 3);
+    assert!(metrics.lines().filter(|l| l.contains("\"kind\":\"step\"")).all(|l| l.contains("\"lr\"") && l.contains("images_per_sec")));
+
+    let e = ok(run(root, &["eval", "--run", run_dir.to_str().unwrap(), "--tta"]));
+    assert!(e.contains("accuracy:") && e.contains("confusion matrix") && e.contains("truck"), "{e}");
+    assert!(is_png(&run_dir.join("eval-validation-fliptranslate-confusion.png")));
+    // A run directory is never silently reused.
+    fails_with(run_fit(root, &cfg, &run_dir, &[]), &["already holds a run", "--resume"]);
+}
+
+fn run_fit(root: &Path, cfg: &Path, run_dir: &Path, overrides: &[&str]) -> std::process::Output {
+    let mut args = vec!["fit", "--config", cfg.to_str().unwrap(), "--run-dir", run_dir.to_str().unwrap()];
+    args.extend_from_slice(overrides);
+    run(root, &args)
+}
+
+#[test]
+fn bad_configs_are_refused_before_any_work() {
+    let tmp = tempdir();
+    let root = tmp.path();
+    let data = synthetic_dataset(root, 12, 20);
+    let cfg = tiny_config(root, &data, "");
+    let run = root.join("runs/bad");
+    fails_with(run_fit(root, &cfg, &run, &["train.epoch=3"]), &["unknown config key", "train.epoch", "train.epochs"]);
+    fails_with(run_fit(root, &cfg, &run, &["train.epochs=three"]), &["train.epochs", "float"]);
+    fails_with(run_fit(root, &cfg, &run, &["model.widths=8"]), &["model.widths", "array"]);
+    fails_with(run_fit(root, &cfg, &run, &["train.lr=-1"]), &["train.lr"]);
+    fails_with(run_fit(root, &cfg, &run, &["device=tpu"]), &["unknown device"]);
+    fails_with(run_fit(root, &cfg, &run, &["device=cuda"]), &["cuda", "without the `cuda` feature"]);
+    fails_with(run_fit(root, &cfg, &run, &["data.path=nowhere"]), &["nowhere", "not a dataset directory"]);
+    let bad = root.join("bad.toml");
+    std::fs::write(&bad, "[train]\nlearning_rate = 0.1\n").unwrap();
+    fails_with(run_fit(root, &bad, &run, &[]), &["train.learning_rate"]);
+    std::fs::write(&bad, "[train\n").unwrap();
+    fails_with(run_fit(root, &bad, &run, &[]), &["invalid TOML"]);
+    assert!(!run.exists(), "no run directory for a refused config");
+}
+
+/// Starts a fit in the background and kills it with SIGKILL once a checkpoint exists
+/// and training is past `step`.
+fn kill_after(root: &Path, cfg: &Path, run: &Path, step: u64) {
+    let mut child = trainer()
+        .current_dir(root)
+        .args(["fit", "--config", cfg.to_str().unwrap(), "--run-dir", run.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !(last_step(run) >= step && run.join("checkpoints/last.safetensors").exists()) {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        assert!(start.elapsed() < Duration::from_secs(300), "the run made no progress");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+}
+
+#[test]
+fn resume_after_kill_9_reproduces_the_uninterrupted_run() {
+    let tmp = tempdir();
+    let root = tmp.path();
+    let data = synthetic_dataset(root, 100, 100);
+    // 18 steps per epoch, 4 epochs; checkpoints every 4 steps.
+    let cfg = tiny_config(root, &data, "[checkpoint]\nevery_steps = 4\nevery_secs = 0\n");
+    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("epochs = 3", "epochs = 4")).unwrap();
+    let full = root.join("runs/full");
+    ok(run_fit(root, &cfg, &full, &[]));
+
+    let cut = root.join("runs/cut");
+    kill_after(root, &cfg, &cut, 27); // in the middle of the second epoch
+    assert!(!cut.join("summary.json").exists());
+    let out = ok(run(root, &["fit", "--resume", cut.to_str().unwrap()]));
+    assert!(out.contains("resuming at step"), "{out}");
+
+    let (a, b) = (summary(&full), summary(&cut));
+    assert_eq!(a["steps"], b["steps"]);
+    assert_eq!(a["val_accuracy"], b["val_accuracy"], "same accuracy");
+    assert_eq!(a["val_accuracy_tta"], b["val_accuracy_tta"]);
+    assert_eq!(b["resumed"], true);
+    // Not just the same accuracy: the same weights, bit for bit.
+    assert_eq!(
+        std::fs::read(full.join("model.safetensors")).unwrap(),
+        std::fs::read(cut.join("model.safetensors")).unwrap(),
+        "the resumed run must end with the uninterrupted run's weights"
+    );
+    // The metrics log has each step once.
+    let steps: Vec<u64> = std::fs::read_to_string(cut.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"step\""))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=72).collect::<Vec<u64>>());
+    // Resuming a finished run is refused clearly... and a missing one too.
+    fails_with(run(root, &["fit", "--resume", root.join("runs/none").to_str().unwrap()]), &["not a run directory"]);
+}
+
+#[test]
+fn interrupt_saves_a_checkpoint_and_resume_finishes() {
+    let tmp = tempdir();
+    let root = tmp.path();
+    let data = synthetic_dataset(root, 100, 100);
+    let cfg = tiny_config(root, &data, "[checkpoint]\nevery_secs = 0\n");
+    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("epochs = 3", "epochs = 6")).unwrap();
+    let run_dir = root.join("runs/int");
+    let child = trainer()
+        .current_dir(root)
+        .args(["fit", "--config", cfg.to_str().unwrap(), "--run-dir", run_dir.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while last_step(&run_dir) < 5 {
+        assert!(start.elapsed() < Duration::from_secs(300));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let st = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(st.success());
+    let out = child.wait_with_output().unwrap();
+    let t = text(&out);
+    assert!(!out.status.success(), "an interrupted run reports it: {t}");
+    assert!(t.contains("interrupted") && t.contains("--resume"), "{t}");
+    assert!(run_dir.join("checkpoints/last.safetensors").exists());
+    let done = ok(run(root, &["fit", "--resume", run_dir.to_str().unwrap()]));
+    assert!(done.contains("done:"), "{done}");
+}
+
+/// The real CIFAR-10 data (shipped beside the repository on development and CI
+/// machines): import it, check its version, and train briefly.
+#[test]
+fn real_cifar10_imports_and_trains() {
+    let archive = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/cifar10-train-jpg.tar.gz");
+    if !archive.exists() {
+        eprintln!("skipped: {} is not present on this machine", archive.display());
+        return;
+    }
+    let tmp = tempdir();
+    let root = tmp.path();
+    let data = root.join("cifar10");
+    let out = ok(run(root, &["data", "import", archive.to_str().unwrap(), "--out", data.to_str().unwrap()]));
+    assert!(out.contains("50000 images"), "{out}");
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["digest"], "e28327edb1744c3d71abac309f07c63e1ed39f5e57846af468f34ede99a43b7a", "dataset version");
+    assert_eq!(m["validation"]["size"], 5000);
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/cpu-quick.toml");
+    let run_dir = root.join("run");
+    ok(run(
+        root,
+        &[
+            "fit", "--config", cfg.to_str().unwrap(), "--run-dir", run_dir.to_str().unwrap(),
+            &format!("data.path={}", data.display()), "data.train_limit=10000", "data.val_limit=1000",
+            "train.epochs=2", "model.widths=[16,32,64]", "train.batch_size=128", "train.lr=0.4", "eval.tta=none",
+        ],
+    ));
+    let s = summary(&run_dir);
+    let acc = s["val_accuracy"].as_f64().unwrap();
+    eprintln!("real data, 10000 images, 2 epochs: validation accuracy {acc}");
+    assert!(acc > 0.4, "two short epochs on real CIFAR-10 should beat 40% (chance is 10%): {s}");
+}
