@@ -8,18 +8,8 @@ pub const INPUT_CHANNELS: usize = 3;
 
 /// The CIFAR-10 class names, in the official `batches.meta.txt` order: the class index
 /// of a label is its position in this list.
-pub const CIFAR10_CLASSES: [&str; 10] = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-];
+pub const CIFAR10_CLASSES: [&str; 10] =
+    ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
 
 /// Per-channel normalization applied to RGB8 pixels: `(p / 255 - mean) / std`.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -32,10 +22,7 @@ pub struct Normalization {
 
 impl Normalization {
     /// The statistics of the CIFAR-10 training set, the default for every model.
-    pub const CIFAR10: Normalization = Normalization {
-        mean: [0.4914, 0.4822, 0.4465],
-        std: [0.2470, 0.2435, 0.2616],
-    };
+    pub const CIFAR10: Normalization = Normalization { mean: [0.4914, 0.4822, 0.4465], std: [0.2470, 0.2435, 0.2616] };
 
     /// Returns `(scale, shift)` per channel so that `normalized = p * scale + shift` for a
     /// raw byte `p`. One multiply-add per pixel instead of a divide.

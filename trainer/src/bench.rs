@@ -46,7 +46,9 @@ fn time_steps(cfg: &Config, backend: Backend, batch: usize, steps: usize, data: 
     let y = Tensor::from_vec(y, batch, &dev)?;
     use crate::ops::timing::timed;
     let mut step = || -> Result<()> {
-        let loss = timed("step: forward + loss", || smoothed_cross_entropy(&net.forward(&x, true)?, &y, cfg.train.label_smoothing).map_err(anyhow::Error::from))?;
+        let loss = timed("step: forward + loss", || {
+            smoothed_cross_entropy(&net.forward(&x, true)?, &y, cfg.train.label_smoothing).map_err(anyhow::Error::from)
+        })?;
         let grads = timed("step: backward", || loss.backward())?;
         timed("step: sgd", || sgd.step(net.params(), &grads, 0.01))?;
         Ok(())

@@ -216,7 +216,10 @@ fn data_command(cmd: DataCommand, quiet: bool) -> Result<()> {
             let ds = Dataset::new(parsed.classes, parsed.train, parsed.test, out.val_size, out.split_seed, src)?;
             ds.save(&out.out, out.force)?;
             print_dataset(&ds, &out.out);
-            println!("  checksum    {}", if checked { "md5 verified" } else { "not checked (not the official file name; pass --md5 to check)" });
+            println!(
+                "  checksum    {}",
+                if checked { "md5 verified" } else { "not checked (not the official file name; pass --md5 to check)" }
+            );
             Ok(())
         }
         DataCommand::Verify { dir } => {
@@ -323,7 +326,11 @@ fn eval_command(args: EvalArgs) -> Result<()> {
     print!("{}", eval::format_report(&report, &data.dataset.manifest.classes));
     let stem = format!("eval-{split_name}-{}", format!("{tta:?}").to_lowercase());
     run.write_json(&format!("{stem}.json"), &report)?;
-    plot::confusion_matrix(&run.file(&format!("{stem}-confusion.png")), &data.dataset.manifest.classes, &report.confusion)?;
+    plot::confusion_matrix(
+        &run.file(&format!("{stem}-confusion.png")),
+        &data.dataset.manifest.classes,
+        &report.confusion,
+    )?;
     println!("\nwrote {0}/{stem}.json and {0}/{stem}-confusion.png", run.path.display());
     Ok(())
 }

@@ -217,12 +217,7 @@ fn apply_override(tree: &mut toml::Value, spec: &str) -> Result<()> {
     }
     let same_kind = std::mem::discriminant(&*node) == std::mem::discriminant(&value);
     if !same_kind {
-        bail!(
-            "config key {key:?} expects a {}, got {:?} (a {})",
-            type_name(node),
-            raw.trim(),
-            type_name(&value)
-        );
+        bail!("config key {key:?} expects a {}, got {:?} (a {})", type_name(node), raw.trim(), type_name(&value));
     }
     *node = value;
     Ok(())
@@ -235,7 +230,9 @@ fn merge(base: &mut toml::Value, user: toml::Value, path: &str) -> Result<()> {
             for (k, v) in u {
                 let full = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
                 let known: Vec<String> = b.keys().cloned().collect();
-                let slot = b.get_mut(&k).ok_or_else(|| anyhow!("unknown config key {full:?}; known keys here: {}", known.join(", ")))?;
+                let slot = b
+                    .get_mut(&k)
+                    .ok_or_else(|| anyhow!("unknown config key {full:?}; known keys here: {}", known.join(", ")))?;
                 merge(slot, v, &full)?;
             }
             Ok(())
@@ -316,7 +313,9 @@ mod tests {
 
     #[test]
     fn overrides_set_values_of_the_right_type() {
-        let c = Config::resolve(None, &["train.epochs=3".into(), "device=cpu".into(), "model.widths=[8, 16, 32]".into()]).unwrap();
+        let c =
+            Config::resolve(None, &["train.epochs=3".into(), "device=cpu".into(), "model.widths=[8, 16, 32]".into()])
+                .unwrap();
         assert_eq!(c.train.epochs, 3.0);
         assert_eq!(c.device, "cpu");
         assert_eq!(c.model.widths, vec![8, 16, 32]);

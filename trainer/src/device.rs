@@ -15,7 +15,9 @@ pub fn select(spec: &str) -> Result<(Device, String)> {
         }),
         s if s == "cuda" || s == "gpu" || s.starts_with("cuda:") => {
             let ordinal = match s.strip_prefix("cuda:") {
-                Some(n) => n.parse::<usize>().map_err(|_| anyhow::anyhow!("device {s:?}: expected cuda:N with N a GPU number"))?,
+                Some(n) => n
+                    .parse::<usize>()
+                    .map_err(|_| anyhow::anyhow!("device {s:?}: expected cuda:N with N a GPU number"))?,
                 None => 0,
             };
             match cuda(ordinal) {

@@ -30,7 +30,14 @@ pub fn tta_views(tta: Tta) -> Vec<(View, f32)> {
 }
 
 /// Logits `[indices.len() * classes]` (row-major), averaged over the TTA views.
-pub fn predict(net: &dyn Network, split: &Split, indices: &[u32], tta: Tta, batch: usize, dev: &Device) -> Result<(Vec<f32>, usize)> {
+pub fn predict(
+    net: &dyn Network,
+    split: &Split,
+    indices: &[u32],
+    tta: Tta,
+    batch: usize,
+    dev: &Device,
+) -> Result<(Vec<f32>, usize)> {
     let norm = cifar_sdk::Normalization::CIFAR10.affine();
     let mut out: Vec<f32> = Vec::new();
     let mut classes = 0;
@@ -79,14 +86,25 @@ pub fn report(logits: &[f32], classes: usize, labels: &[u8]) -> Report {
         .enumerate()
         .map(|(c, row)| {
             let n: usize = row.iter().sum();
-            if n == 0 { 0.0 } else { row[c] as f64 / n as f64 }
+            if n == 0 {
+                0.0
+            } else {
+                row[c] as f64 / n as f64
+            }
         })
         .collect();
     Report { images: labels.len(), accuracy: correct as f64 / labels.len().max(1) as f64, per_class, confusion }
 }
 
 /// Evaluates `net` on `indices` of `split`.
-pub fn evaluate(net: &dyn Network, split: &Split, indices: &[u32], tta: Tta, batch: usize, dev: &Device) -> Result<Report> {
+pub fn evaluate(
+    net: &dyn Network,
+    split: &Split,
+    indices: &[u32],
+    tta: Tta,
+    batch: usize,
+    dev: &Device,
+) -> Result<Report> {
     let (logits, classes) = predict(net, split, indices, tta, batch, dev)?;
     let labels: Vec<u8> = indices.iter().map(|&i| split.labels[i as usize]).collect();
     Ok(report(&logits, classes, &labels))

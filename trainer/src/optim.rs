@@ -122,7 +122,13 @@ mod tests {
 
     #[test]
     fn schedule_warms_up_then_decays_to_the_end_factor() {
-        let cfg = TrainConfig { lr: 1.0, warmup_epochs: 1.0, warmup_start_factor: 0.1, end_lr_factor: 0.0, ..Default::default() };
+        let cfg = TrainConfig {
+            lr: 1.0,
+            warmup_epochs: 1.0,
+            warmup_start_factor: 0.1,
+            end_lr_factor: 0.0,
+            ..Default::default()
+        };
         assert!((lr_at(&cfg, 0, 100, 10) - 0.1).abs() < 1e-9);
         assert!((lr_at(&cfg, 10, 100, 10) - 1.0).abs() < 1e-9);
         assert!((lr_at(&cfg, 55, 100, 10) - 0.5).abs() < 1e-9);
@@ -155,5 +161,21 @@ mod tests {
                 assert!((got[i] as f64 - wr[i]).abs() < 1e-5, "step {step}: {got:?} vs {wr:?}");
             }
         }
+    }
+
+    #[test]
+    fn ema_follows_the_weights_with_the_configured_decay() {
+        use candle_core::{Device, Tensor};
+        let dev = Device::Cpu;
+        let mut params = crate::model::Params::default();
+        let w = params.add("w", Tensor::new(&[0.0f32], &dev).unwrap(), Group::Weight).unwrap();
+        let mut ema = Ema::new(0.5, 2);
+        ema.update(&params, 2).unwrap(); // first update copies
+        w.set(&Tensor::new(&[1.0f32], &dev).unwrap()).unwrap();
+        ema.update(&params, 3).unwrap(); // not a multiple of `every`: skipped
+        ema.update(&params, 4).unwrap(); // decay 0.5^2 = 0.25: 0.25 * 0 + 0.75 * 1
+        let v = ema.values["w"].to_vec1::<f32>().unwrap()[0];
+        assert!((v - 0.75).abs() < 1e-6, "{v}");
+        assert!(!Ema::new(0.0, 1).enabled());
     }
 }

@@ -39,7 +39,13 @@ fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
 }
 
 /// A line chart of `(x, y)` series.
-fn line_chart(path: &Path, title: &str, xlabel: &str, ylabel: &str, series: &[(&str, Vec<(f64, f64)>, RGBColor)]) -> Result<()> {
+fn line_chart(
+    path: &Path,
+    title: &str,
+    xlabel: &str,
+    ylabel: &str,
+    series: &[(&str, Vec<(f64, f64)>, RGBColor)],
+) -> Result<()> {
     let text = have_font();
     let pts: Vec<&(f64, f64)> = series.iter().flat_map(|s| s.1.iter()).collect();
     if pts.is_empty() {
@@ -117,10 +123,15 @@ pub fn training_curves(run: &RunDir) -> Result<()> {
         .collect();
     let mut series = vec![("validation accuracy (%)", acc, RGBColor(200, 60, 40))];
     if let Some(f) = records.iter().rev().find(|r| kind(r) == "final") {
-        let last_epoch = records.iter().filter(|r| kind(r) == "epoch").filter_map(|r| get(r, "epoch")).fold(0.0, f64::max);
+        let last_epoch =
+            records.iter().filter(|r| kind(r) == "epoch").filter_map(|r| get(r, "epoch")).fold(0.0, f64::max);
         if let (Some(a), Some(b)) = (get(f, "val_acc"), get(f, "val_acc_tta")) {
             series[0].1.push((last_epoch, 100.0 * a));
-            series.push(("final, with TTA (%)", vec![(last_epoch, 100.0 * b), (last_epoch, 100.0 * b)], RGBColor(40, 140, 60)));
+            series.push((
+                "final, with TTA (%)",
+                vec![(last_epoch, 100.0 * b), (last_epoch, 100.0 * b)],
+                RGBColor(40, 140, 60),
+            ));
         }
     }
     line_chart(&run.file("accuracy.png"), "validation accuracy", "epoch", "accuracy (%)", &series)
@@ -143,14 +154,17 @@ pub fn confusion_matrix(path: &Path, names: &[String], m: &[Vec<usize>]) -> Resu
             let y = (top + i as u32 * cell) as i32;
             let frac = v as f64 / max;
             let shade = (255.0 * (1.0 - frac)) as u8;
-            let color = if i == j { RGBColor(shade, 255 - (frac * 90.0) as u8, shade) } else { RGBColor(255, shade, shade) };
+            let color =
+                if i == j { RGBColor(shade, 255 - (frac * 90.0) as u8, shade) } else { RGBColor(255, shade, shade) };
             root.draw(&Rectangle::new([(x, y), (x + cell as i32, y + cell as i32)], color.filled())).map_err(err)?;
             root.draw(&Rectangle::new([(x, y), (x + cell as i32, y + cell as i32)], BLACK.mix(0.2))).map_err(err)?;
             if text {
                 let pct = 100.0 * v as f64 / total as f64;
                 let fg = if frac > 0.6 { WHITE } else { BLACK };
-                root.draw(&Text::new(format!("{v}"), (x + 6, y + 10), ("sans-serif", 14).into_font().color(&fg))).map_err(err)?;
-                root.draw(&Text::new(format!("{pct:.0}%"), (x + 6, y + 30), ("sans-serif", 12).into_font().color(&fg))).map_err(err)?;
+                root.draw(&Text::new(format!("{v}"), (x + 6, y + 10), ("sans-serif", 14).into_font().color(&fg)))
+                    .map_err(err)?;
+                root.draw(&Text::new(format!("{pct:.0}%"), (x + 6, y + 30), ("sans-serif", 12).into_font().color(&fg)))
+                    .map_err(err)?;
             }
         }
     }
@@ -163,7 +177,8 @@ pub fn confusion_matrix(path: &Path, names: &[String], m: &[Vec<usize>]) -> Resu
             let style = ("sans-serif", 14).into_font().transform(FontTransform::Rotate90);
             root.draw(&Text::new(name.clone(), (x + 7, below), style)).map_err(err)?;
         }
-        root.draw(&Text::new("rows: true class, columns: predicted", (left as i32, 12), ("sans-serif", 16))).map_err(err)?;
+        root.draw(&Text::new("rows: true class, columns: predicted", (left as i32, 12), ("sans-serif", 16)))
+            .map_err(err)?;
     }
     root.present().map_err(err)?;
     Ok(())

@@ -73,7 +73,8 @@ impl RunDir {
         if path.join("checkpoints/last.safetensors").exists() {
             bail!("{} already holds a run; continue it with --resume {0} or choose another --run-dir", path.display());
         }
-        std::fs::create_dir_all(path.join("checkpoints")).with_context(|| format!("cannot create {}", path.display()))?;
+        std::fs::create_dir_all(path.join("checkpoints"))
+            .with_context(|| format!("cannot create {}", path.display()))?;
         Ok(Self { path })
     }
 
@@ -153,7 +154,8 @@ pub fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>, meta: HashMa
 /// Reads every f32 tensor and the metadata of a safetensors file.
 pub fn load_tensors(path: &Path, dev: &Device) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes).with_context(|| format!("{}: not a valid safetensors file", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{}: not a valid safetensors file", path.display()))?;
     let (_, header) = SafeTensors::read_metadata(&bytes)?;
     let meta = header.metadata().clone().unwrap_or_default();
     let mut out = HashMap::new();
@@ -161,7 +163,8 @@ pub fn load_tensors(path: &Path, dev: &Device) -> Result<(HashMap<String, Tensor
         if view.dtype() != Dtype::F32 {
             bail!("{}: tensor {name} is {:?}, expected F32", path.display(), view.dtype());
         }
-        let data: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let data: Vec<f32> =
+            view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         out.insert(name, Tensor::from_vec(data, view.shape(), dev)?);
     }
     Ok((out, meta))
@@ -175,7 +178,12 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    pub fn save(path: &Path, tensors: HashMap<String, Tensor>, progress: &Progress, dataset_digest: &str) -> Result<()> {
+    pub fn save(
+        path: &Path,
+        tensors: HashMap<String, Tensor>,
+        progress: &Progress,
+        dataset_digest: &str,
+    ) -> Result<()> {
         let meta = HashMap::from([
             ("format".to_string(), CHECKPOINT_FORMAT.to_string()),
             ("progress".to_string(), serde_json::to_string(progress)?),
@@ -197,9 +205,6 @@ impl Checkpoint {
 
     /// Tensors whose names start with `prefix`, with the prefix removed.
     pub fn with_prefix(&self, prefix: &str) -> HashMap<String, Tensor> {
-        self.tensors
-            .iter()
-            .filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_string(), v.clone())))
-            .collect()
+        self.tensors.iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_string(), v.clone()))).collect()
     }
 }

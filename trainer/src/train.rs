@@ -106,7 +106,12 @@ impl Trainer<'_> {
     }
 
     fn save_checkpoint(&self) -> Result<()> {
-        Checkpoint::save(&self.run.checkpoint_path(), self.checkpoint_tensors()?, &self.progress, &self.data.dataset.manifest.digest)
+        Checkpoint::save(
+            &self.run.checkpoint_path(),
+            self.checkpoint_tensors()?,
+            &self.progress,
+            &self.data.dataset.manifest.digest,
+        )
     }
 
     fn restore(&mut self, ck: &Checkpoint) -> Result<()> {
@@ -124,7 +129,14 @@ impl Trainer<'_> {
         if use_ema {
             self.net.params().load(&self.ema.values, "")?;
         }
-        let r = eval::evaluate(self.net.as_ref(), &self.data.split, &self.data.val_idx, tta, self.cfg.eval.batch_size, &self.dev);
+        let r = eval::evaluate(
+            self.net.as_ref(),
+            &self.data.split,
+            &self.data.val_idx,
+            tta,
+            self.cfg.eval.batch_size,
+            &self.dev,
+        );
         if let Some(live) = live {
             self.net.params().load(&live, "")?;
         }
@@ -140,7 +152,12 @@ pub fn fit(cfg: &Config, run: &RunDir, resume: Option<Checkpoint>, quiet: bool) 
     let digest = data.dataset.manifest.digest.clone();
     if let Some(ck) = &resume {
         if ck.dataset_digest != digest {
-            bail!("the checkpoint was trained on dataset {} but {} now holds {}", ck.dataset_digest, cfg.data.path, digest);
+            bail!(
+                "the checkpoint was trained on dataset {} but {} now holds {}",
+                ck.dataset_digest,
+                cfg.data.path,
+                digest
+            );
         }
     }
     run.write_json("dataset.json", &DatasetRef { path: cfg.data.path.clone(), digest: digest.clone() })?;
@@ -174,18 +191,32 @@ pub fn fit(cfg: &Config, run: &RunDir, resume: Option<Checkpoint>, quiet: bool) 
     if let Some(ck) = resume {
         t.restore(&ck)?;
         run.truncate_records(t.progress.global_step)?;
-        eprintln!("resuming at step {} (epoch {}, step {} of it)", t.progress.global_step, t.progress.epoch + 1, t.progress.step_in_epoch);
+        eprintln!(
+            "resuming at step {} (epoch {}, step {} of it)",
+            t.progress.global_step,
+            t.progress.epoch + 1,
+            t.progress.step_in_epoch
+        );
     }
     let train_secs = train_loop(&mut t, quiet)?;
     if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted: checkpoint saved at step {}; continue with `trainer fit --resume {}`", t.progress.global_step, run.path.display());
+        bail!(
+            "interrupted: checkpoint saved at step {}; continue with `trainer fit --resume {}`",
+            t.progress.global_step,
+            run.path.display()
+        );
     }
 
     // Final evaluation and the weights to keep.
     let plain = t.evaluate(Tta::None)?;
     let with_tta = if cfg.eval.tta == Tta::None { plain.clone() } else { t.evaluate(cfg.eval.tta)? };
-    let final_weights = if t.ema.enabled() && !t.ema.values.is_empty() { t.ema.values.clone() } else { t.net.params().snapshot() };
-    crate::run::save_tensors(&run.file("model.safetensors"), &final_weights, HashMap::from([("dataset_digest".into(), digest.clone())]))?;
+    let final_weights =
+        if t.ema.enabled() && !t.ema.values.is_empty() { t.ema.values.clone() } else { t.net.params().snapshot() };
+    crate::run::save_tensors(
+        &run.file("model.safetensors"),
+        &final_weights,
+        HashMap::from([("dataset_digest".into(), digest.clone())]),
+    )?;
     let images = t.progress.global_step * cfg.train.batch_size;
     let summary = Summary {
         config_name: cfg.name.clone(),
@@ -257,7 +288,11 @@ fn train_loop(t: &mut Trainer, quiet: bool) -> Result<f64> {
             t.sgd.step(t.net.params(), &grads, lr)?;
             let loss_v = loss.to_scalar::<f32>()? as f64;
             if !loss_v.is_finite() {
-                bail!("the loss became {loss_v} at step {}: lower train.lr (now {})", t.progress.global_step, cfg.train.lr);
+                bail!(
+                    "the loss became {loss_v} at step {}: lower train.lr (now {})",
+                    t.progress.global_step,
+                    cfg.train.lr
+                );
             }
             t.progress.global_step += 1;
             t.progress.step_in_epoch = batch.step + 1;
@@ -278,7 +313,8 @@ fn train_loop(t: &mut Trainer, quiet: bool) -> Result<f64> {
                 loss_sum / loss_n as f64,
                 bsz as f64 / (step_secs + waited)
             ));
-            let due_secs = cfg.checkpoint.every_secs > 0.0 && last_checkpoint.elapsed().as_secs_f64() >= cfg.checkpoint.every_secs;
+            let due_secs =
+                cfg.checkpoint.every_secs > 0.0 && last_checkpoint.elapsed().as_secs_f64() >= cfg.checkpoint.every_secs;
             let due_steps = cfg.checkpoint.every_steps > 0 && t.progress.global_step % cfg.checkpoint.every_steps == 0;
             if due_secs || due_steps || INTERRUPTED.load(Ordering::SeqCst) {
                 t.save_checkpoint()?;
@@ -295,7 +331,11 @@ fn train_loop(t: &mut Trainer, quiet: bool) -> Result<f64> {
         t.progress.step_in_epoch = 0;
         let ep = t.progress.epoch;
         let last = t.progress.global_step >= t.total_steps;
-        let val = if !last && cfg.eval.every_epochs > 0 && ep % cfg.eval.every_epochs == 0 { Some(t.evaluate(Tta::None)?.accuracy) } else { None };
+        let val = if !last && cfg.eval.every_epochs > 0 && ep % cfg.eval.every_epochs == 0 {
+            Some(t.evaluate(Tta::None)?.accuracy)
+        } else {
+            None
+        };
         t.progress.elapsed_secs = base_elapsed + session_start.elapsed().as_secs_f64();
         let train_loss = loss_sum / loss_n.max(1) as f64;
         t.run.log(&json!({

@@ -18,7 +18,8 @@ fn directory_and_archive_imports_agree() {
     write_image_folder(&tree, Some("test"), 10, 2, "jpg");
     std::fs::write(tree.join("README.txt"), "not an image").unwrap();
     let a = root.join("a");
-    let out = ok(run(root, &["data", "import", tree.to_str().unwrap(), "--out", a.to_str().unwrap(), "--val-size", "20"]));
+    let out =
+        ok(run(root, &["data", "import", tree.to_str().unwrap(), "--out", a.to_str().unwrap(), "--val-size", "20"]));
     assert!(out.contains("1 files that are not images were ignored"), "{out}");
     let archive = root.join("tree.tar.gz");
     tar_gz(&tree, &archive);
@@ -37,7 +38,20 @@ fn directory_and_archive_imports_agree() {
 
     // A different validation seed is a different split of the same data version.
     let c = root.join("c");
-    ok(run(root, &["data", "import", tree.to_str().unwrap(), "--out", c.to_str().unwrap(), "--val-size", "20", "--split-seed", "5"]));
+    ok(run(
+        root,
+        &[
+            "data",
+            "import",
+            tree.to_str().unwrap(),
+            "--out",
+            c.to_str().unwrap(),
+            "--val-size",
+            "20",
+            "--split-seed",
+            "5",
+        ],
+    ));
     assert_eq!(manifest(&c)["digest"], ma["digest"]);
 
     // Tampering with the stored pixels is caught by verify.
@@ -48,7 +62,10 @@ fn directory_and_archive_imports_agree() {
     std::fs::write(&train, bytes).unwrap();
     fails_with(run(root, &["data", "verify", a.to_str().unwrap()]), &["digest mismatch"]);
     // An existing dataset is not overwritten without --force.
-    fails_with(run(root, &["data", "import", tree.to_str().unwrap(), "--out", b.to_str().unwrap()]), &["already exists", "--force"]);
+    fails_with(
+        run(root, &["data", "import", tree.to_str().unwrap(), "--out", b.to_str().unwrap()]),
+        &["already exists", "--force"],
+    );
 }
 
 #[test]
@@ -75,7 +92,10 @@ fn bad_input_is_refused_and_leaves_nothing_behind() {
 
     // An image that does not decode.
     std::fs::write(tree.join("bird/0007.png"), b"\x89PNG but not really").unwrap();
-    fails_with(run(root, &["data", "import", tree.to_str().unwrap(), "--out", out_s]), &["bird/0007.png", "cannot decode"]);
+    fails_with(
+        run(root, &["data", "import", tree.to_str().unwrap(), "--out", out_s]),
+        &["bird/0007.png", "cannot decode"],
+    );
     assert!(!out.exists());
     synthetic_image(2, 7).save(tree.join("bird/0007.png")).unwrap();
 
@@ -97,7 +117,10 @@ fn bad_input_is_refused_and_leaves_nothing_behind() {
     fails_with(run(root, &["data", "import", deep.to_str().unwrap(), "--out", out_s]), &["unexpected layout"]);
 
     // A validation split larger than a class.
-    fails_with(run(root, &["data", "import", tree.to_str().unwrap(), "--out", out_s, "--val-size", "300"]), &["validation"]);
+    fails_with(
+        run(root, &["data", "import", tree.to_str().unwrap(), "--out", out_s, "--val-size", "300"]),
+        &["validation"],
+    );
     assert!(!out.exists());
     // No temporary directories were left next to the output.
     assert!(before(&out).is_empty(), "left behind: {:?}", before(&out));
@@ -148,7 +171,10 @@ fn fetch_reads_the_official_binary_layout() {
     let archive = root.join("mirror.tar.gz");
     cifar_binary(&archive, 20);
     let out = root.join("data/official");
-    let t = ok(run(root, &["data", "fetch", "--file", archive.to_str().unwrap(), "--out", out.to_str().unwrap(), "--val-size", "10"]));
+    let t = ok(run(
+        root,
+        &["data", "fetch", "--file", archive.to_str().unwrap(), "--out", out.to_str().unwrap(), "--val-size", "10"],
+    ));
     assert!(t.contains("not checked"), "{t}");
     let m = manifest(&out);
     assert_eq!(m["splits"]["train"]["count"], 100);
@@ -167,10 +193,16 @@ fn fetch_reads_the_official_binary_layout() {
     // A wrong expected checksum is refused, and so is a corrupt "official" file.
     let out2 = root.join("data/other");
     let out2_s = out2.to_str().unwrap();
-    fails_with(run(root, &["data", "fetch", "--file", archive.to_str().unwrap(), "--out", out2_s, "--md5", "00"]), &["md5"]);
+    fails_with(
+        run(root, &["data", "fetch", "--file", archive.to_str().unwrap(), "--out", out2_s, "--md5", "00"]),
+        &["md5"],
+    );
     let official = root.join("cifar-10-binary.tar.gz");
     std::fs::copy(&archive, &official).unwrap();
-    fails_with(run(root, &["data", "fetch", "--file", official.to_str().unwrap(), "--out", out2_s]), &["md5", "c32a1d4ab5d03f1284b67883e8d87530"]);
+    fails_with(
+        run(root, &["data", "fetch", "--file", official.to_str().unwrap(), "--out", out2_s]),
+        &["md5", "c32a1d4ab5d03f1284b67883e8d87530"],
+    );
     assert!(!out2.exists());
     // Not a CIFAR archive at all.
     let tree = root.join("tree");

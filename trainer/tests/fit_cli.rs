@@ -34,19 +34,30 @@ fn fit_writes_a_complete_run_and_eval_reports_it() {
     let run_dir = root.join("runs/a");
     let out = ok(run_fit(root, &cfg, &run_dir, &[]));
     assert!(out.contains("device: cpu"), "the device is logged: {out}");
-    for f in ["config.toml", "dataset.json", "metrics.jsonl", "model.safetensors", "summary.json", "checkpoints/last.safetensors"] {
+    for f in [
+        "config.toml",
+        "dataset.json",
+        "metrics.jsonl",
+        "model.safetensors",
+        "summary.json",
+        "checkpoints/last.safetensors",
+    ] {
         assert!(run_dir.join(f).exists(), "{f} missing");
     }
     assert!(is_png(&run_dir.join("loss.png")) && is_png(&run_dir.join("accuracy.png")));
     let s = summary(&run_dir);
     // A 10k-parameter net after 54 steps: well above chance (10%).
     assert!(s["val_accuracy_tta"].as_f64().unwrap() >= 0.4, "{s}");
-    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(s["dataset_digest"], manifest["digest"], "the run records the dataset version");
     let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
     let epochs = metrics.lines().filter(|l| l.contains("\"kind\":\"epoch\"")).count();
     assert_eq!(epochs, 3);
-    assert!(metrics.lines().filter(|l| l.contains("\"kind\":\"step\"")).all(|l| l.contains("\"lr\"") && l.contains("images_per_sec")));
+    assert!(metrics
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"step\""))
+        .all(|l| l.contains("\"lr\"") && l.contains("images_per_sec")));
 
     let e = ok(run(root, &["eval", "--run", run_dir.to_str().unwrap(), "--tta"]));
     assert!(e.contains("accuracy:") && e.contains("confusion matrix") && e.contains("truck"), "{e}");
@@ -189,7 +200,8 @@ fn real_cifar10_imports_and_trains() {
     let data = root.join("cifar10");
     let out = ok(run(root, &["data", "import", archive.to_str().unwrap(), "--out", data.to_str().unwrap()]));
     assert!(out.contains("50000 images"), "{out}");
-    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data.join("manifest.json")).unwrap()).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(m["digest"], "e28327edb1744c3d71abac309f07c63e1ed39f5e57846af468f34ede99a43b7a", "dataset version");
     assert_eq!(m["validation"]["size"], 5000);
     let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/cpu-quick.toml");
@@ -197,9 +209,19 @@ fn real_cifar10_imports_and_trains() {
     ok(run(
         root,
         &[
-            "fit", "--config", cfg.to_str().unwrap(), "--run-dir", run_dir.to_str().unwrap(),
-            &format!("data.path={}", data.display()), "data.train_limit=10000", "data.val_limit=1000",
-            "train.epochs=2", "model.widths=[16,32,64]", "train.batch_size=128", "train.lr=0.4", "eval.tta=none",
+            "fit",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+            &format!("data.path={}", data.display()),
+            "data.train_limit=10000",
+            "data.val_limit=1000",
+            "train.epochs=2",
+            "model.widths=[16,32,64]",
+            "train.batch_size=128",
+            "train.lr=0.4",
+            "eval.tta=none",
         ],
     ));
     let s = summary(&run_dir);

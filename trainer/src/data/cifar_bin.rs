@@ -107,7 +107,8 @@ pub fn read_archive(path: &Path) -> Result<CifarBinary> {
     let mut meta: Option<String> = None;
     for item in archive.entries().with_context(what)? {
         let mut item = item.with_context(what)?;
-        let name = item.path().with_context(what)?.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name =
+            item.path().with_context(what)?.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let mut bytes = Vec::new();
         if name.ends_with(".bin") || name == "batches.meta.txt" {
             item.read_to_end(&mut bytes).with_context(|| format!("{}: cannot read {name}", path.display()))?;

@@ -105,7 +105,8 @@ fn read_source(src: &Path, progress: &ProgressBar) -> Result<(Vec<Entry>, BTreeS
                 }
                 tar::EntryType::Regular if is_image(&path.to_string_lossy()) => {
                     let mut bytes = Vec::with_capacity(item.size() as usize);
-                    item.read_to_end(&mut bytes).with_context(|| format!("{}: cannot read {}", src.display(), path.display()))?;
+                    item.read_to_end(&mut bytes)
+                        .with_context(|| format!("{}: cannot read {}", src.display(), path.display()))?;
                     entries.push(Entry { parts, bytes });
                     progress.inc(1);
                 }
@@ -178,7 +179,10 @@ fn decode(bytes: &[u8], out: &mut [u8]) -> Result<bool, image::ImageError> {
 /// Imports `src` (a directory, `.tar` or `.tar.gz`).
 pub fn import(src: &Path, quiet: bool) -> Result<Imported> {
     let reading = if quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
-    reading.set_style(ProgressStyle::with_template("{spinner} reading {pos} images ({elapsed})").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    reading.set_style(
+        ProgressStyle::with_template("{spinner} reading {pos} images ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
     let (entries, dirs, ignored_files) = read_source(src, &reading)?;
     reading.finish_and_clear();
     let (prefix, with_splits) = detect_layout(&entries)?;
@@ -209,7 +213,8 @@ pub fn import(src: &Path, quiet: bool) -> Result<Imported> {
     }
     let decoding = if quiet { ProgressBar::hidden() } else { ProgressBar::new(entries.len() as u64) };
     decoding.set_style(
-        ProgressStyle::with_template("decoding {bar:40} {pos}/{len} ({per_sec}, eta {eta})").unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("decoding {bar:40} {pos}/{len} ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut out: BTreeMap<String, Split> = BTreeMap::new();
     let mut resized = 0;

@@ -64,7 +64,13 @@ pub fn epoch_order(indices: &[u32], seed: u64, epoch: usize) -> Vec<u32> {
 
 #[inline]
 fn reflect(i: i32) -> usize {
-    let r = if i < 0 { -i } else if i > 31 { 62 - i } else { i };
+    let r = if i < 0 {
+        -i
+    } else if i > 31 {
+        62 - i
+    } else {
+        i
+    };
     r.clamp(0, 31) as usize
 }
 
@@ -143,12 +149,8 @@ impl Prefetcher {
                     let t = Instant::now();
                     let start = step * plan.batch_size;
                     let idx = &plan.order[start..start + plan.batch_size];
-                    let (x, y) = fill(
-                        &split,
-                        idx,
-                        |i| random_view(&plan.augment, plan.seed, plan.epoch, start + i),
-                        &plan.norm,
-                    );
+                    let (x, y) =
+                        fill(&split, idx, |i| random_view(&plan.augment, plan.seed, plan.epoch, start + i), &plan.norm);
                     let batch = Batch { x, y, step, prep_secs: t.elapsed().as_secs_f64() };
                     if tx.send(batch).is_err() {
                         return; // the trainer stopped early

@@ -172,14 +172,20 @@ impl Dataset {
         let val_indices = split::class_balanced(&train.labels, classes.len(), val_size, seed)?;
         let splits = [("train", Some(&train)), ("test", test.as_ref())]
             .into_iter()
-            .filter_map(|(n, s)| s.map(|s| (n.to_string(), SplitInfo { count: s.len(), per_class: s.per_class_counts(classes.len()) })))
+            .filter_map(|(n, s)| {
+                s.map(|s| (n.to_string(), SplitInfo { count: s.len(), per_class: s.per_class_counts(classes.len()) }))
+            })
             .collect();
         let manifest = Manifest {
             format: DATASET_FORMAT.into(),
             digest: content_digest(&classes, &train, test.as_ref()),
             classes,
             splits,
-            validation: ValidationInfo { size: val_indices.len(), seed, method: "class-balanced, seeded shuffle per class".into() },
+            validation: ValidationInfo {
+                size: val_indices.len(),
+                seed,
+                method: "class-balanced, seeded shuffle per class".into(),
+            },
             source,
             image_shape: [32, 32, 3],
             trainer_version: env!("CARGO_PKG_VERSION").into(),
@@ -212,7 +218,8 @@ impl Dataset {
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
         let tmp = tempdir_in(parent, ".dataset-import")?;
         let guard = RemoveOnDrop(Some(tmp.clone()));
-        let mut train_extra = vec![("val_indices", Dtype::U32, vec![self.val_indices.len()], u32_bytes(&self.val_indices))];
+        let mut train_extra =
+            vec![("val_indices", Dtype::U32, vec![self.val_indices.len()], u32_bytes(&self.val_indices))];
         write_split(&tmp.join("train.safetensors"), &self.train, &mut train_extra)?;
         if let Some(test) = &self.test {
             write_split(&tmp.join("test.safetensors"), test, &mut Vec::new())?;
@@ -237,7 +244,10 @@ impl Dataset {
     pub fn load(dir: &Path) -> Result<Self> {
         let mpath = dir.join("manifest.json");
         let text = std::fs::read_to_string(&mpath).with_context(|| {
-            format!("{} is not a dataset directory (no readable manifest.json); create one with `trainer data import`", dir.display())
+            format!(
+                "{} is not a dataset directory (no readable manifest.json); create one with `trainer data import`",
+                dir.display()
+            )
         })?;
         let manifest: Manifest =
             serde_json::from_str(&text).with_context(|| format!("{}: invalid manifest", mpath.display()))?;
@@ -256,7 +266,13 @@ impl Dataset {
                 bail!("{}: {name} label {bad} is out of range for {classes} classes", dir.display());
             }
             let expected = manifest.splits.get(name).map(|i| i.count);
-            ensure!(expected == Some(s.len()), "{}: {name} has {} images, the manifest says {:?}", dir.display(), s.len(), expected);
+            ensure!(
+                expected == Some(s.len()),
+                "{}: {name} has {} images, the manifest says {:?}",
+                dir.display(),
+                s.len(),
+                expected
+            );
         }
         ensure!(
             val_indices.windows(2).all(|w| w[0] < w[1]) && val_indices.iter().all(|&i| (i as usize) < train.len()),
@@ -274,7 +290,12 @@ impl Dataset {
             "content digest mismatch: manifest says {}, the data hashes to {digest}; the files were modified or corrupted",
             self.manifest.digest
         );
-        let want = split::class_balanced(&self.train.labels, self.manifest.classes.len(), self.manifest.validation.size, self.manifest.validation.seed)?;
+        let want = split::class_balanced(
+            &self.train.labels,
+            self.manifest.classes.len(),
+            self.manifest.validation.size,
+            self.manifest.validation.seed,
+        )?;
         ensure!(want == self.val_indices, "the stored validation split differs from the one its seed produces");
         Ok(())
     }
@@ -302,17 +323,28 @@ fn write_split(path: &Path, s: &Split, extra: &mut Vec<Extra>) -> Result<()> {
 
 fn read_split(path: &Path, with_val: bool) -> Result<(Split, Option<Vec<u32>>)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes).with_context(|| format!("{}: not a valid safetensors file", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{}: not a valid safetensors file", path.display()))?;
     let get = |name: &str, dtype: Dtype| -> Result<TensorView<'_>> {
         let t = st.tensor(name).with_context(|| format!("{}: missing tensor {name:?}", path.display()))?;
-        ensure!(t.dtype() == dtype, "{}: tensor {name:?} has dtype {:?}, expected {dtype:?}", path.display(), t.dtype());
+        ensure!(
+            t.dtype() == dtype,
+            "{}: tensor {name:?} has dtype {:?}, expected {dtype:?}",
+            path.display(),
+            t.dtype()
+        );
         Ok(t)
     };
     let images = get("images", Dtype::U8)?;
     let labels = get("labels", Dtype::U8)?;
     let n = labels.shape().first().copied().unwrap_or(0);
     ensure!(labels.shape() == [n], "{}: labels must be one-dimensional", path.display());
-    ensure!(images.shape() == [n, 32, 32, 3], "{}: images have shape {:?}, expected [{n}, 32, 32, 3]", path.display(), images.shape());
+    ensure!(
+        images.shape() == [n, 32, 32, 3],
+        "{}: images have shape {:?}, expected [{n}, 32, 32, 3]",
+        path.display(),
+        images.shape()
+    );
     let split = Split { images: images.data().to_vec(), labels: labels.data().to_vec() };
     let val = if with_val {
         let v = get("val_indices", Dtype::U32)?;

@@ -35,7 +35,13 @@ pub struct Airbench {
 }
 
 impl Airbench {
-    pub fn new(cfg: &ModelConfig, classes: usize, rng: &mut ChaCha8Rng, dev: &Device, data: Option<&Split>) -> Result<Self> {
+    pub fn new(
+        cfg: &ModelConfig,
+        classes: usize,
+        rng: &mut ChaCha8Rng,
+        dev: &Device,
+        data: Option<&Split>,
+    ) -> Result<Self> {
         let mut params = Params::default();
         let norm = cifar_sdk::Normalization::CIFAR10.affine();
         let (whiten_w, frozen) = match (cfg.whiten, data) {
@@ -49,7 +55,8 @@ impl Airbench {
         let whiten_w = params.add("whiten.weight", whiten_w, if frozen { Group::Fixed } else { Group::Weight })?;
         // The stem bias trains with the conv weights' learning rate (not the 64x of the
         // batch-norm biases), as in airbench.
-        let whiten_b = params.add("whiten.bias", Tensor::zeros(WHITEN_WIDTH, candle_core::DType::F32, dev)?, Group::Weight)?;
+        let whiten_b =
+            params.add("whiten.bias", Tensor::zeros(WHITEN_WIDTH, candle_core::DType::F32, dev)?, Group::Weight)?;
         let mut flops = 2 * (WHITEN_WIDTH * 12 * 31 * 31) as u64;
         let mut groups = Vec::new();
         let (mut cin, mut hw) = (WHITEN_WIDTH, 31);

@@ -58,12 +58,23 @@ pub struct BatchNorm {
 }
 
 impl BatchNorm {
-    pub fn new(params: &mut Params, name: &str, c: usize, cfg: &super::ModelConfig, act: Activation, dev: &Device) -> Result<Self> {
+    pub fn new(
+        params: &mut Params,
+        name: &str,
+        c: usize,
+        cfg: &super::ModelConfig,
+        act: Activation,
+        dev: &Device,
+    ) -> Result<Self> {
         let gamma_group = if cfg.bn_scale { Group::Bias } else { Group::Fixed };
         Ok(Self {
             gamma: params.add(&format!("{name}.weight"), Tensor::ones(c, DType::F32, dev)?, gamma_group)?,
             beta: params.add(&format!("{name}.bias"), Tensor::zeros(c, DType::F32, dev)?, Group::Bias)?,
-            running_mean: params.add(&format!("{name}.running_mean"), Tensor::zeros(c, DType::F32, dev)?, Group::Fixed)?,
+            running_mean: params.add(
+                &format!("{name}.running_mean"),
+                Tensor::zeros(c, DType::F32, dev)?,
+                Group::Fixed,
+            )?,
             running_var: params.add(&format!("{name}.running_var"), Tensor::ones(c, DType::F32, dev)?, Group::Fixed)?,
             momentum: cfg.bn_momentum,
             eps: cfg.bn_eps,
@@ -111,7 +122,10 @@ impl BatchNorm {
         let mean = xt.mean_keepdim(D::Minus1)?;
         let centered = xt.broadcast_sub(&mean)?;
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-        self.update_running(&mean.flatten_all()?.detach(), &(var.flatten_all()? * (count / (count - 1.0).max(1.0)))?.detach())?;
+        self.update_running(
+            &mean.flatten_all()?.detach(),
+            &(var.flatten_all()? * (count / (count - 1.0).max(1.0)))?.detach(),
+        )?;
         let inv = (var + self.eps)?.sqrt()?.recip()?;
         let y = x
             .broadcast_sub(&mean.reshape(&bshape[..])?)?
@@ -131,10 +145,22 @@ pub struct Head {
 }
 
 impl Head {
-    pub fn new(params: &mut Params, rng: &mut ChaCha8Rng, dev: &Device, cin: usize, classes: usize, bias: bool, scale: f64) -> Result<Self> {
+    pub fn new(
+        params: &mut Params,
+        rng: &mut ChaCha8Rng,
+        dev: &Device,
+        cin: usize,
+        classes: usize,
+        bias: bool,
+        scale: f64,
+    ) -> Result<Self> {
         let bound = 1.0 / (cin as f64).sqrt();
         let weight = params.add("head.weight", uniform(rng, &[classes, cin], bound, dev)?, Group::Weight)?;
-        let bias = if bias { Some(params.add("head.bias", Tensor::zeros(classes, DType::F32, dev)?, Group::Bias)?) } else { None };
+        let bias = if bias {
+            Some(params.add("head.bias", Tensor::zeros(classes, DType::F32, dev)?, Group::Bias)?)
+        } else {
+            None
+        };
         Ok(Self { weight, bias, scale })
     }
 

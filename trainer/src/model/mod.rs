@@ -127,7 +127,10 @@ impl Params {
 
     /// Current values by name.
     pub fn snapshot(&self) -> HashMap<String, Tensor> {
-        self.list.iter().map(|p| (p.name.clone(), p.var.as_tensor().copy().unwrap_or_else(|_| p.var.as_tensor().clone()))).collect()
+        self.list
+            .iter()
+            .map(|p| (p.name.clone(), p.var.as_tensor().copy().unwrap_or_else(|_| p.var.as_tensor().clone())))
+            .collect()
     }
 
     /// Sets every parameter from `values`; all names must be present with their shapes.
@@ -168,7 +171,13 @@ pub trait Network: Send {
 
 /// Builds the configured network. `whiten_data` supplies the images for the airbench
 /// whitening stem (ignored otherwise).
-pub fn build(cfg: &ModelConfig, classes: usize, seed: u64, dev: &Device, whiten_data: Option<&Split>) -> Result<Box<dyn Network>> {
+pub fn build(
+    cfg: &ModelConfig,
+    classes: usize,
+    seed: u64,
+    dev: &Device,
+    whiten_data: Option<&Split>,
+) -> Result<Box<dyn Network>> {
     cfg.check()?;
     let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(crate::data::loader::mix(seed ^ 0x1417));
     Ok(match cfg.kind {

@@ -65,9 +65,11 @@ impl ResNet {
                 let bn2 = BatchNorm::new(&mut params, &format!("{name}.bn2"), w, cfg, Activation::None, dev)?;
                 flops += conv1.flops_per_image + conv2.flops_per_image;
                 let shortcut = if stride != 1 || cin != w {
-                    let c = Conv::new(&mut params, &format!("{name}.shortcut.conv"), rng, dev, (cin, w, 1), stride, 0, hw)?;
+                    let c =
+                        Conv::new(&mut params, &format!("{name}.shortcut.conv"), rng, dev, (cin, w, 1), stride, 0, hw)?;
                     flops += c.flops_per_image;
-                    let bn = BatchNorm::new(&mut params, &format!("{name}.shortcut.bn"), w, cfg, Activation::None, dev)?;
+                    let bn =
+                        BatchNorm::new(&mut params, &format!("{name}.shortcut.bn"), w, cfg, Activation::None, dev)?;
                     Some((c, bn))
                 } else {
                     None

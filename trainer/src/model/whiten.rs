@@ -18,7 +18,12 @@ const PATCH: usize = 12;
 const EPS: f64 = 5e-4;
 
 /// Computes the `[24, 3, 2, 2]` filter bank from up to `max_images` images.
-pub fn whitening_filters(split: &Split, indices: &[u32], max_images: usize, norm: &[(f32, f32); 3]) -> Result<Vec<f32>> {
+pub fn whitening_filters(
+    split: &Split,
+    indices: &[u32],
+    max_images: usize,
+    norm: &[(f32, f32); 3],
+) -> Result<Vec<f32>> {
     let n = indices.len().min(max_images);
     ensure!(n > 0, "the whitening stem needs training images");
     let mut sum = [0f64; PATCH];
@@ -78,7 +83,8 @@ mod tests {
             s = crate::data::loader::mix(s);
             for (p, px) in img.iter_mut().enumerate() {
                 let (y, x, c) = (p / 96, (p / 3) % 32, p % 3);
-                let v = 128.0 + 60.0 * ((x as f64 * 0.2 + (s % 7) as f64).sin() + (y as f64 * 0.3 + c as f64).cos()) / 2.0;
+                let v =
+                    128.0 + 60.0 * ((x as f64 * 0.2 + (s % 7) as f64).sin() + (y as f64 * 0.3 + c as f64).cos()) / 2.0;
                 *px = v.clamp(0.0, 255.0) as u8;
             }
         }
@@ -98,7 +104,8 @@ mod tests {
                         for c in 0..3 {
                             for dy in 0..2 {
                                 for dx in 0..2 {
-                                    *slot += f[o * PATCH + c * 4 + dy * 2 + dx] as f64 * img[c * 1024 + (y + dy) * 32 + x + dx] as f64;
+                                    *slot += f[o * PATCH + c * 4 + dy * 2 + dx] as f64
+                                        * img[c * 1024 + (y + dy) * 32 + x + dx] as f64;
                                 }
                             }
                         }

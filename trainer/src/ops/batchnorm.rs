@@ -8,11 +8,11 @@
 
 use std::sync::{Arc, Mutex};
 
+pub use super::act::Activation;
+use super::act::{affine_act, affine_act_grad, dot_sums};
+use super::{cpu_f32, storage_f32, tensor_from_vec};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
-use super::act::{affine_act, affine_act_grad, dot_sums};
-pub use super::act::Activation;
-use super::{cpu_f32, storage_f32, tensor_from_vec};
 
 /// Per-channel batch statistics of the last forward pass.
 #[derive(Debug, Clone, Default)]
@@ -120,9 +120,8 @@ impl CustomOp3 for BatchNormAct {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let stats = self
-            .last_stats()
-            .ok_or_else(|| candle_core::Error::Msg("batch norm backward before forward".into()))?;
+        let stats =
+            self.last_stats().ok_or_else(|| candle_core::Error::Msg("batch norm backward before forward".into()))?;
         let (x, grad) = (x.contiguous()?, grad.contiguous()?);
         let (gamma_c, beta_c) = (gamma.contiguous()?, beta.contiguous()?);
         let (xs, xl) = x.storage_and_layout();
@@ -142,7 +141,8 @@ impl CustomOp3 for BatchNormAct {
             let (scale, shift) = (gv[ch] * invstd[ch], bv[ch] - mean[ch] * gv[ch] * invstd[ch]);
             affine_act_grad(act, &xv[p * hw..(p + 1) * hw], scale, shift, &dy[p * hw..(p + 1) * hw], out);
         });
-        let sums = per_channel_sums(n, c, |p, ch| dot_sums(&dz[p * hw..(p + 1) * hw], &xv[p * hw..(p + 1) * hw], mean[ch]));
+        let sums =
+            per_channel_sums(n, c, |p, ch| dot_sums(&dz[p * hw..(p + 1) * hw], &xv[p * hw..(p + 1) * hw], mean[ch]));
         let count = stats.count as f32;
         let dbeta: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
         let dgamma: Vec<f32> = sums.iter().zip(&invstd).map(|(s, is)| s.1 as f32 * is).collect();

@@ -19,7 +19,13 @@ impl CustomOp2 for BiasAct {
         "bias-act"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (_, c, h, w) = l1.shape().dims4()?;
         let (x, b) = (cpu_f32(s1, l1)?, cpu_f32(s2, l2)?);
         if b.len() != c {
@@ -27,11 +33,19 @@ impl CustomOp2 for BiasAct {
         }
         let hw = h * w;
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(hw).enumerate().for_each(|(p, out)| affine_act(self.act, &x[p * hw..(p + 1) * hw], 1.0, b[p % c], out));
+        y.par_chunks_mut(hw)
+            .enumerate()
+            .for_each(|(p, out)| affine_act(self.act, &x[p * hw..(p + 1) * hw], 1.0, b[p % c], out));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (_, c, h, w) = x.dims4()?;
         let hw = h * w;
         let (xc, gc, bc) = (x.contiguous()?, grad.contiguous()?, b.contiguous()?);
@@ -40,9 +54,9 @@ impl CustomOp2 for BiasAct {
         let (bs, bl) = bc.storage_and_layout();
         let (xv, dy, bv) = (storage_f32(&xs, xl)?, storage_f32(&gs, gl)?, storage_f32(&bs, bl)?);
         let mut dz = vec![0f32; xv.len()];
-        dz.par_chunks_mut(hw)
-            .enumerate()
-            .for_each(|(p, out)| affine_act_grad(self.act, &xv[p * hw..(p + 1) * hw], 1.0, bv[p % c], &dy[p * hw..(p + 1) * hw], out));
+        dz.par_chunks_mut(hw).enumerate().for_each(|(p, out)| {
+            affine_act_grad(self.act, &xv[p * hw..(p + 1) * hw], 1.0, bv[p % c], &dy[p * hw..(p + 1) * hw], out)
+        });
         let planes: Vec<f64> = dz.par_chunks(hw).map(|d| dot_sums(d, d, 0.0).0).collect();
         let mut db = vec![0f32; c];
         for (p, s) in planes.iter().enumerate() {
@@ -118,6 +132,22 @@ mod tests {
             let gb = (theirs * &up).unwrap().sum_all().unwrap().backward().unwrap();
             assert!(diff(ga.get(&x).unwrap(), gb.get(&x).unwrap()) < 1e-4, "{act:?} dx");
             assert!(diff(ga.get(&b).unwrap(), gb.get(&b).unwrap()) < 1e-3, "{act:?} dbias");
+        }
+    }
+
+    #[test]
+    fn channel_affine_matches_broadcast_ops() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 2.0, (2, 3, 4, 5), &dev).unwrap();
+        let (scale, shift) = (vec![0.5f32, -1.0, 2.0], vec![0.1f32, 0.0, -0.3]);
+        for act in [Activation::None, Activation::Relu, Activation::Gelu] {
+            let op = ChannelAffineAct { scale: scale.clone(), shift: shift.clone(), act };
+            let ours = x.apply_op1_no_bwd(&op).unwrap();
+            let s = Tensor::new(scale.as_slice(), &dev).unwrap().reshape((1, 3, 1, 1)).unwrap();
+            let b = Tensor::new(shift.as_slice(), &dev).unwrap().reshape((1, 3, 1, 1)).unwrap();
+            let theirs = act.apply_tensor(&x.broadcast_mul(&s).unwrap().broadcast_add(&b).unwrap()).unwrap();
+            let d = (ours - theirs).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+            assert!(d.to_scalar::<f32>().unwrap() < 1e-5, "{act:?}");
         }
     }
 }

@@ -86,7 +86,6 @@ impl ConvGeom {
         self.k * self.ohw()
     }
 
-
     /// Images per chunk: balanced so that the chunk count is a multiple of the thread
     /// count and each GEMM has about [`TARGET_COLS`] columns.
     fn chunk_images(&self, threads: usize) -> usize {
@@ -302,13 +301,7 @@ pub fn conv2d_forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
 
 /// Backward convolution: returns `(dx, dw)` for upstream gradient `dy [N,K,OH,OW]`.
 /// `dx` is `None` when `need_dx` is false (the network's input needs no gradient).
-pub fn conv2d_backward(
-    g: &ConvGeom,
-    x: &[f32],
-    w: &[f32],
-    dy: &[f32],
-    need_dx: bool,
-) -> (Option<Vec<f32>>, Vec<f32>) {
+pub fn conv2d_backward(g: &ConvGeom, x: &[f32], w: &[f32], dy: &[f32], need_dx: bool) -> (Option<Vec<f32>>, Vec<f32>) {
     let (nb, par) = plan(g);
     let (rows, ohw) = (g.rows(), g.ohw());
     let chunks = g.n.div_ceil(nb);
@@ -387,7 +380,9 @@ impl CustomOp2 for FastConv2d {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = self.geom(l1, l2)?;
-        let out = super::timing::timed(g.label("fwd"), || -> candle_core::Result<_> { Ok(conv2d_forward(&g, cpu_f32(s1, l1)?, cpu_f32(s2, l2)?)) })?;
+        let out = super::timing::timed(g.label("fwd"), || -> candle_core::Result<_> {
+            Ok(conv2d_forward(&g, cpu_f32(s1, l1)?, cpu_f32(s2, l2)?))
+        })?;
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.k, g.oh, g.ow))))
     }
 

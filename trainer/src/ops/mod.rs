@@ -74,7 +74,10 @@ pub mod timing {
 
     /// Takes the collected times: `(name, seconds, calls)`.
     pub fn take() -> Vec<(String, f64, usize)> {
-        table().lock().map(|mut m| std::mem::take(&mut *m).into_iter().map(|(k, (s, n))| (k, s, n)).collect()).unwrap_or_default()
+        table()
+            .lock()
+            .map(|mut m| std::mem::take(&mut *m).into_iter().map(|(k, (s, n))| (k, s, n)).collect())
+            .unwrap_or_default()
     }
 }
 

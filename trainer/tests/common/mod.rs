@@ -57,7 +57,8 @@ pub fn synthetic_image(c: usize, i: usize) -> image::RgbImage {
     })
 }
 
-pub const CLASSES: [&str; 10] = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+pub const CLASSES: [&str; 10] =
+    ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
 
 /// Writes `<root>/<split>/<class>/<i>.<ext>` (or `<root>/<class>/..` when split is None).
 pub fn write_image_folder(root: &Path, split: Option<&str>, classes: usize, per_class: usize, ext: &str) {
@@ -87,7 +88,10 @@ pub fn synthetic_dataset(dir: &Path, per_class: usize, val: usize) -> PathBuf {
     let src = dir.join("images");
     write_image_folder(&src, None, 10, per_class, "png");
     let out = dir.join("data/synth");
-    ok(run(dir, &["data", "import", src.to_str().unwrap(), "--out", out.to_str().unwrap(), "--val-size", &val.to_string()]));
+    ok(run(
+        dir,
+        &["data", "import", src.to_str().unwrap(), "--out", out.to_str().unwrap(), "--val-size", &val.to_string()],
+    ));
     out
 }
 
