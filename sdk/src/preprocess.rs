@@ -49,10 +49,10 @@ mod tests {
     fn affine_matches_the_formula() {
         let n = Normalization::CIFAR10;
         let a = n.affine();
-        for c in 0..3 {
+        for (c, (scale, shift)) in a.iter().enumerate() {
             for p in [0u8, 17, 128, 255] {
                 let direct = (p as f32 / 255.0 - n.mean[c]) / n.std[c];
-                let fused = p as f32 * a[c].0 + a[c].1;
+                let fused = p as f32 * scale + shift;
                 assert!((direct - fused).abs() < 1e-5, "channel {c} pixel {p}");
             }
         }

@@ -260,7 +260,7 @@ impl Config {
             let user: toml::Value = toml::from_str(&text).with_context(|| format!("{}: invalid TOML", p.display()))?;
             merge(&mut tree, user, "").with_context(|| format!("in config {}", p.display()))?;
             if let Some(t) = tree.as_table_mut() {
-                if !t.get("name").is_some_and(|n| n.as_str() != Some("custom")) {
+                if t.get("name").is_none_or(|n| n.as_str() == Some("custom")) {
                     let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
                     t.insert("name".into(), toml::Value::String(stem));
                 }
@@ -277,7 +277,7 @@ impl Config {
     /// Range checks that the types alone cannot express.
     pub fn check(&self) -> Result<()> {
         let t = &self.train;
-        if !(t.epochs > 0.0) {
+        if t.epochs.is_nan() || t.epochs <= 0.0 {
             bail!("train.epochs must be positive, got {}", t.epochs);
         }
         if t.batch_size == 0 {

@@ -38,14 +38,11 @@ fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("plotting failed: {e:?}")
 }
 
+/// One named line of a chart.
+type Series<'a> = (&'a str, Vec<(f64, f64)>, RGBColor);
+
 /// A line chart of `(x, y)` series.
-fn line_chart(
-    path: &Path,
-    title: &str,
-    xlabel: &str,
-    ylabel: &str,
-    series: &[(&str, Vec<(f64, f64)>, RGBColor)],
-) -> Result<()> {
+fn line_chart(path: &Path, title: &str, xlabel: &str, ylabel: &str, series: &[Series]) -> Result<()> {
     let text = have_font();
     let pts: Vec<&(f64, f64)> = series.iter().flat_map(|s| s.1.iter()).collect();
     if pts.is_empty() {

@@ -44,14 +44,14 @@ impl RunData {
     pub fn load(cfg: &Config) -> Result<Self> {
         let dataset = Dataset::load(std::path::Path::new(&cfg.data.path))?;
         let mut train_idx = dataset.train_indices();
-        if cfg.data.train_limit > 0 {
+        if let Some(step) = train_idx.len().checked_div(cfg.data.train_limit) {
             // A strided subset keeps the classes balanced.
-            let step = (train_idx.len() / cfg.data.train_limit).max(1);
+            let step = step.max(1);
             train_idx = train_idx.into_iter().step_by(step).take(cfg.data.train_limit).collect();
         }
         let mut val_idx = dataset.val_indices.clone();
-        if cfg.data.val_limit > 0 {
-            let step = (val_idx.len() / cfg.data.val_limit).max(1);
+        if let Some(step) = val_idx.len().checked_div(cfg.data.val_limit) {
+            let step = step.max(1);
             val_idx = val_idx.into_iter().step_by(step).take(cfg.data.val_limit).collect();
         }
         if train_idx.len() < cfg.train.batch_size {

@@ -150,9 +150,9 @@ fn cifar_binary(path: &std::path::Path, per_batch: usize) {
         for i in 0..per_batch {
             let label = ((i + b) % 10) as u8;
             v.push(label);
-            v.extend(std::iter::repeat(label).take(1024));
-            v.extend(std::iter::repeat((100 + i) as u8).take(1024));
-            v.extend(std::iter::repeat(200u8).take(1024));
+            v.extend(std::iter::repeat_n(label, 1024));
+            v.extend(std::iter::repeat_n((100 + i) as u8, 1024));
+            v.extend(std::iter::repeat_n(200u8, 1024));
         }
         v
     };

@@ -429,6 +429,7 @@ mod tests {
     }
 
     /// Forward value and both gradients against candle's conv2d, on random inputs.
+    #[allow(clippy::too_many_arguments)]
     fn check(n: usize, c: usize, h: usize, w: usize, k: usize, ks: usize, stride: usize, pad: usize) {
         let dev = Device::Cpu;
         let x = Var::randn(0f32, 1.0, (n, c, h, w), &dev).unwrap();
@@ -491,6 +492,7 @@ mod tests {
 
     /// Our kernels against the direct loops, for any shape (including those where
     /// candle's own conv backward fails).
+    #[allow(clippy::too_many_arguments)]
     fn check_naive(n: usize, c: usize, h: usize, w: usize, k: usize, ks: usize, stride: usize, pad: usize) {
         let g = ConvGeom::new((n, c, h, w), (k, c, ks, ks), stride, pad).unwrap();
         let mut s = 7u64;

@@ -62,10 +62,10 @@ pub const CLASSES: [&str; 10] =
 
 /// Writes `<root>/<split>/<class>/<i>.<ext>` (or `<root>/<class>/..` when split is None).
 pub fn write_image_folder(root: &Path, split: Option<&str>, classes: usize, per_class: usize, ext: &str) {
-    for c in 0..classes {
+    for (c, name) in CLASSES.iter().enumerate().take(classes) {
         let dir = match split {
-            Some(s) => root.join(s).join(CLASSES[c]),
-            None => root.join(CLASSES[c]),
+            Some(s) => root.join(s).join(name),
+            None => root.join(name),
         };
         std::fs::create_dir_all(&dir).unwrap();
         for i in 0..per_class {
