@@ -58,12 +58,17 @@ impl Sgd {
     pub fn step(&mut self, params: &Params, grads: &GradStore, lr: f64) -> Result<()> {
         for p in params.trainable() {
             let Some(g) = grads.get(p.var.as_tensor()) else { continue };
+            // Gradients of candle's built-in ops can still carry a backprop graph; a
+            // momentum buffer built from one would keep every step's graph (and its
+            // activations) alive: gigabytes after a few hundred steps.
+            let g = g.detach();
             let w = p.var.as_tensor();
             let (lr_p, wd) = match p.group {
                 Group::Bias => (lr * self.bias_lr_mult, self.bias_weight_decay),
                 _ => (lr, self.weight_decay),
             };
-            let g = if wd > 0.0 { (g + (w * wd)?)? } else { g.clone() };
+            let w = w.detach();
+            let g = if wd > 0.0 { (g + (&w * wd)?)? } else { g };
             let update = if self.momentum > 0.0 {
                 let buf = match self.buffers.get(&p.name) {
                     Some(b) => ((b * self.momentum)? + &g)?,
@@ -75,7 +80,7 @@ impl Sgd {
             } else {
                 g
             };
-            p.var.set(&(w - (update * lr_p)?)?)?;
+            p.var.set(&(&w - (update * lr_p)?)?)?;
         }
         Ok(())
     }
@@ -156,6 +161,7 @@ mod tests {
                 buf[i] = if step == 0 { g } else { 0.9 * buf[i] + g };
                 wr[i] -= 0.5 * (g + 0.9 * buf[i]);
             }
+            assert!(sgd.buffers.values().all(|b| !b.track_op()), "momentum buffers must not hold a graph");
             let got = w.as_tensor().to_vec1::<f32>().unwrap();
             for i in 0..2 {
                 assert!((got[i] as f64 - wr[i]).abs() < 1e-5, "step {step}: {got:?} vs {wr:?}");
