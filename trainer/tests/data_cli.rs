@@ -212,3 +212,57 @@ fn fetch_reads_the_official_binary_layout() {
     fails_with(run(root, &["data", "fetch", "--file", other.to_str().unwrap(), "--out", out2_s]), &["data_batch"]);
     assert!(!out2.exists());
 }
+
+/// Serves `body` to HTTP GET requests on a loopback port, `count` times, and returns
+/// the URL.
+fn serve(body: Vec<u8>, count: usize) -> String {
+    use std::io::{BufRead, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(count) {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                line.clear();
+            }
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    format!("http://{addr}/mirror/cifar-10-binary-copy.tar.gz")
+}
+
+#[test]
+fn fetch_downloads_from_a_url() {
+    let tmp = tempdir();
+    let root = tmp.path();
+    let archive = root.join("a.tar.gz");
+    cifar_binary(&archive, 10);
+    let bytes = std::fs::read(&archive).unwrap();
+    let md5 = {
+        use md5::Digest;
+        let d = md5::Md5::digest(&bytes);
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let url = serve(bytes, 2);
+    let out = root.join("data/dl");
+    let t = ok(run(
+        root,
+        &["data", "fetch", "--url", &url, "--md5", &md5, "--out", out.to_str().unwrap(), "--val-size", "10"],
+    ));
+    assert!(t.contains("md5 verified"), "{t}");
+    assert_eq!(manifest(&out)["splits"]["train"]["count"], 50);
+    assert_eq!(manifest(&out)["source"]["location"], url.as_str());
+    // The download directory is cleaned up; only the dataset remains.
+    assert_eq!(entries(&root.join("data")), vec!["dl".to_string()]);
+    // A server that is not there: a clear error, nothing left.
+    let out2 = root.join("data/none");
+    fails_with(
+        run(root, &["data", "fetch", "--url", "http://127.0.0.1:9/x.tar.gz", "--out", out2.to_str().unwrap()]),
+        &["cannot download", "127.0.0.1:9"],
+    );
+    assert_eq!(entries(&root.join("data")), vec!["dl".to_string()]);
+}

@@ -151,7 +151,7 @@ fn resume_after_kill_9_reproduces_the_uninterrupted_run() {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
         .collect();
     assert_eq!(steps, (1..=72).collect::<Vec<u64>>());
-    // Resuming a finished run is refused clearly... and a missing one too.
+    // Resuming a directory that holds no run is refused clearly.
     fails_with(run(root, &["fit", "--resume", root.join("runs/none").to_str().unwrap()]), &["not a run directory"]);
 }
 
