@@ -33,6 +33,12 @@ pub struct Progress {
     pub step_in_epoch: usize,
     /// Training wall time so far, across resumes.
     pub elapsed_secs: f64,
+    /// Sum and count of the losses of this epoch's steps so far (so the epoch's mean
+    /// loss is right after a resume).
+    #[serde(default)]
+    pub epoch_loss_sum: f64,
+    #[serde(default)]
+    pub epoch_loss_steps: usize,
 }
 
 /// The dataset a run used.

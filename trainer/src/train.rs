@@ -270,7 +270,7 @@ fn train_loop(t: &mut Trainer, quiet: bool) -> Result<f64> {
             norm,
         };
         let mut loader = Prefetcher::start(t.data.split.clone(), plan, cfg.train.prefetch);
-        let (mut loss_sum, mut loss_n, mut wait_secs) = (0f64, 0usize, 0f64);
+        let mut wait_secs = 0f64;
         let epoch_start = Instant::now();
         loop {
             let wait = Instant::now();
@@ -298,8 +298,8 @@ fn train_loop(t: &mut Trainer, quiet: bool) -> Result<f64> {
             t.progress.step_in_epoch = batch.step + 1;
             t.ema.update(t.net.params(), t.progress.global_step)?;
             let step_secs = step_start.elapsed().as_secs_f64();
-            loss_sum += loss_v;
-            loss_n += 1;
+            t.progress.epoch_loss_sum += loss_v;
+            t.progress.epoch_loss_steps += 1;
             t.progress.elapsed_secs = base_elapsed + session_start.elapsed().as_secs_f64();
             t.run.log(&json!({
                 "kind": "step", "step": t.progress.global_step, "epoch": epoch + 1, "loss": loss_v, "lr": lr,
@@ -310,7 +310,7 @@ fn train_loop(t: &mut Trainer, quiet: bool) -> Result<f64> {
             bar.set_message(format!(
                 "epoch {}/{epochs}  loss {:.3}  lr {lr:.4}  {:.0} img/s",
                 epoch + 1,
-                loss_sum / loss_n as f64,
+                t.progress.epoch_loss_sum / t.progress.epoch_loss_steps as f64,
                 bsz as f64 / (step_secs + waited)
             ));
             let due_secs =
@@ -337,7 +337,9 @@ fn train_loop(t: &mut Trainer, quiet: bool) -> Result<f64> {
             None
         };
         t.progress.elapsed_secs = base_elapsed + session_start.elapsed().as_secs_f64();
-        let train_loss = loss_sum / loss_n.max(1) as f64;
+        let train_loss = t.progress.epoch_loss_sum / t.progress.epoch_loss_steps.max(1) as f64;
+        t.progress.epoch_loss_sum = 0.0;
+        t.progress.epoch_loss_steps = 0;
         t.run.log(&json!({
             "kind": "epoch", "step": t.progress.global_step, "epoch": ep, "train_loss": train_loss, "val_acc": val,
             "epoch_secs": epoch_start.elapsed().as_secs_f64(), "data_wait_secs": wait_secs, "elapsed_secs": t.progress.elapsed_secs,

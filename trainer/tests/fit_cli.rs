@@ -143,6 +143,17 @@ fn resume_after_kill_9_reproduces_the_uninterrupted_run() {
         std::fs::read(cut.join("model.safetensors")).unwrap(),
         "the resumed run must end with the uninterrupted run's weights"
     );
+    // Per-epoch records agree too (the resumed epoch's mean loss includes the steps
+    // before the kill).
+    let epoch_losses = |run: &Path| -> Vec<f64> {
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"kind\":\"epoch\""))
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["train_loss"].as_f64().unwrap())
+            .collect()
+    };
+    assert_eq!(epoch_losses(&full), epoch_losses(&cut));
     // The metrics log has each step once.
     let steps: Vec<u64> = std::fs::read_to_string(cut.join("metrics.jsonl"))
         .unwrap()
