@@ -252,8 +252,16 @@ fn data_command(cmd: DataCommand, quiet: bool) -> Result<()> {
 fn fit(args: FitArgs, quiet: bool) -> Result<()> {
     let (cfg, run, resume) = match &args.resume {
         Some(dir) => {
+            if !args.overrides.is_empty() {
+                bail!(
+                    "--resume continues a run with its saved config ({}); overrides such as {:?} would make the \
+                     rest of the run differ from what the run directory records",
+                    dir.join("config.toml").display(),
+                    args.overrides[0]
+                );
+            }
             let run = RunDir::open(dir)?;
-            let cfg = Config::resolve(Some(&run.file("config.toml")), &args.overrides)?;
+            let cfg = Config::resolve(Some(&run.file("config.toml")), &[])?;
             device::set_threads(cfg.threads);
             let (dev, _) = device::select(&cfg.device)?;
             let ck = Checkpoint::load(&run.checkpoint_path(), &dev)

@@ -129,6 +129,7 @@ fn resume_after_kill_9_reproduces_the_uninterrupted_run() {
     let cut = root.join("runs/cut");
     kill_after(root, &cfg, &cut, 27); // in the middle of the second epoch
     assert!(!cut.join("summary.json").exists());
+    fails_with(run(root, &["fit", "--resume", cut.to_str().unwrap(), "train.epochs=9"]), &["--resume", "saved config"]);
     let out = ok(run(root, &["fit", "--resume", cut.to_str().unwrap()]));
     assert!(out.contains("resuming at step"), "{out}");
 
