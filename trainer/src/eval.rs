@@ -6,7 +6,7 @@ use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 use crate::config::Tta;
-use crate::data::loader::{fill, View, IMAGE_FLOATS};
+use crate::data::loader::{fill, View};
 use crate::data::Split;
 use crate::model::Network;
 
@@ -57,7 +57,6 @@ pub fn predict(
         out.extend(acc.unwrap_or_default());
     }
     debug_assert_eq!(out.len(), indices.len() * classes);
-    let _ = IMAGE_FLOATS;
     Ok((out, classes))
 }
 
