@@ -1,8 +1,21 @@
 //! `cifar-sdk`: the embeddable inference SDK for compiled CIFAR-style classifiers.
 //!
-//! This first version holds only what the trainer and the SDK must agree on from day
-//! one: the CIFAR-10 class order, the input normalization, and crash-safe file writes.
-//! The artifact reader/writer and the CPU engine come with the artifact issue.
+//! ```no_run
+//! use cifar_sdk::{Model, ModelOptions};
+//! let model = Model::open("model.cifar", &ModelOptions::default())?;
+//! println!("{} model on {} ({})", model.precision(), model.device(), model.device_reason());
+//! let mut session = model.session()?;
+//! let image = std::fs::read("cat.png").map_err(|e| cifar_sdk::Error::Io { path: "cat.png".into(), source: e })?;
+//! let answer = session.classify_image(&image, 3)?;
+//! for p in &answer.top {
+//!     println!("{:>10} {:.3}", p.label, p.probability);
+//! }
+//! # Ok::<(), cifar_sdk::Error>(())
+//! ```
+//!
+//! Modules: [`artifact`] (the `.cifar` format: reader, writer, validation), the engine
+//! (plan + [`kernels`]), [`Model`]/[`Session`] (the API), [`image`] (decoding),
+//! [`drift`] (features for drift monitoring), [`device`] (device policy).
 //!
 //! The crate never panics on bad input: `unwrap`, `expect`, `panic!` and unchecked
 //! indexing are denied outside tests by the lints below.
@@ -20,24 +33,28 @@
 )]
 #![warn(missing_docs)]
 
+#[cfg(target_endian = "big")]
+compile_error!("model files are little-endian and read in place; big-endian targets are not supported");
+
+pub mod artifact;
+pub mod device;
+pub mod drift;
+mod engine;
+mod error;
 pub mod fsutil;
+pub mod image;
+pub mod kernels;
+mod model;
 pub mod preprocess;
+mod session;
 
+pub use artifact::{Activation, Precision, QuantParams};
+pub use device::{Device, DevicePolicy};
+pub use error::{Error, Result};
 pub use fsutil::write_atomic;
+pub use model::{Model, ModelOptions};
 pub use preprocess::{Normalization, CIFAR10_CLASSES, INPUT_CHANNELS, INPUT_SIZE};
+pub use session::{softmax, Classification, Observer, Prediction, Session};
 
-/// Errors returned by the SDK.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// An I/O operation on `path` failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file or directory involved.
-        path: std::path::PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-}
-
-/// Result alias used throughout the SDK.
-pub type Result<T> = std::result::Result<T, Error>;
+/// Version of this crate.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -16,7 +16,9 @@ use crate::{device, eval, plot, train};
 Typical workflow:
   trainer data import ../shared/data/cifar10-train-jpg.tar.gz   # -> data/cifar10
   trainer fit --config configs/cpu-quick.toml                   # -> runs/<id>/
-  trainer eval --run runs/<id>")]
+  trainer eval --run runs/<id>
+  trainer compile --run runs/<id> --precision int8 -o model.cifar
+  trainer classify model.cifar cat.png dog.jpg")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,6 +38,12 @@ enum Command {
     Eval(EvalArgs),
     /// Time a training step with our CPU kernels against candle's.
     Bench(BenchArgs),
+    /// Compile a run into a `.cifar` model file (BN folded, f32 or int8).
+    Compile(crate::model_cli::CompileArgs),
+    /// Classify image files with a compiled model.
+    Classify(crate::model_cli::ClassifyArgs),
+    /// Describe a compiled model: metadata, graph, tensors.
+    Inspect(crate::model_cli::InspectArgs),
 }
 
 #[derive(Subcommand)]
@@ -159,6 +167,12 @@ pub fn main() -> Result<()> {
             device::set_threads(cfg.threads);
             crate::bench::run(&cfg, args.batch, args.steps.max(1), !args.fast_only)
         }
+        Command::Compile(args) => {
+            device::set_threads(0);
+            crate::model_cli::compile_command(args)
+        }
+        Command::Classify(args) => crate::model_cli::classify_command(args),
+        Command::Inspect(args) => crate::model_cli::inspect_command(args),
     }
 }
 

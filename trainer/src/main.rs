@@ -14,11 +14,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
 mod cli;
+mod compile;
 mod config;
 mod data;
 mod device;
 mod eval;
 mod model;
+mod model_cli;
 mod ops;
 mod optim;
 mod plot;

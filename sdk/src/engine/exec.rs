@@ -1,0 +1,246 @@
+//! Running a planned program over one batch: the f32 path and the int8 path. Both read
+//! weights in place from the model's bytes and write only into the session's buffers.
+
+use rayon::prelude::*;
+
+use super::plan::{split_io, Plan};
+use super::program::{ConvKernel, Kernel, Step};
+use crate::artifact::{Activation, QuantParams};
+use crate::kernels::{act, gemm_f32::matmul, im2col::im2col, pool, qgemm::qgemm};
+use crate::{Error, Result};
+
+fn bytes_as<'a, T: bytemuck::Pod>(bytes: &'a [u8], r: &std::ops::Range<usize>) -> Result<&'a [T]> {
+    bytes
+        .get(r.clone())
+        .and_then(|b| bytemuck::try_cast_slice(b).ok())
+        .ok_or_else(|| Error::Input("internal: weight range outside the model".into()))
+}
+
+/// Input value ranges of a step (at most two inputs).
+fn input_ranges(plan: &Plan, step: &Step, batch: usize) -> [Option<std::ops::Range<usize>>; 2] {
+    let r = |k: usize| step.info.inputs.get(k).map(|&v| plan.range(v, batch));
+    [r(0), r(1)]
+}
+
+/// `[C][b][HW]` -> `[(C, HW)][b]`.
+fn flatten<T: Copy>(x: &[T], c: usize, hw: usize, batch: usize, out: &mut [T]) {
+    for ci in 0..c {
+        for n in 0..batch {
+            let src = x.get((ci * batch + n) * hw..(ci * batch + n + 1) * hw).unwrap_or(&[]);
+            for (p, &v) in src.iter().enumerate() {
+                if let Some(d) = out.get_mut((ci * hw + p) * batch + n) {
+                    *d = v;
+                }
+            }
+        }
+    }
+}
+
+/// Runs the f32 program. The input must already be in value 0's range of `arena`
+/// (CNHW). `observe(node, value)` sees every node's output (calibration uses it).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_f32(
+    bytes: &[u8],
+    steps: &[Step],
+    plan: &Plan,
+    arena: &mut [f32],
+    scratch: &mut [f32],
+    batch: usize,
+    threads: usize,
+    observe: &mut crate::session::Observer<'_>,
+) -> Result<()> {
+    for &i in &plan.order {
+        let step = steps.get(i).ok_or_else(|| Error::Input("internal: bad plan".into()))?;
+        let ([a, b], out) = split_io(arena, input_ranges(plan, step, batch), plan.range(i + 1, batch))?;
+        let [c, h, w] = step.info.input_shapes.first().copied().unwrap_or([0; 3]);
+        match &step.kernel {
+            Kernel::Conv(k) => conv_f32(bytes, k, a, out, scratch, batch, threads)?,
+            Kernel::MaxPool { win, act: f, .. } => {
+                pool::max_pool(a, c * batch, win, out);
+                act::apply_slice(*f, out);
+            }
+            Kernel::AvgPool { win, act: f, .. } => pool::avg_pool(a, c * batch, win, 0.0, |j, v| {
+                if let Some(o) = out.get_mut(j) {
+                    *o = act::apply(*f, v);
+                }
+            }),
+            Kernel::Add { act: f, .. } => {
+                for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+                    *o = act::apply(*f, x + y);
+                }
+            }
+            Kernel::Flatten => flatten(a, c, h * w, batch, out),
+            Kernel::Scale { factor, act: f, .. } => {
+                for (o, &x) in out.iter_mut().zip(a) {
+                    *o = act::apply(*f, factor * x);
+                }
+            }
+        }
+        observe(i, out);
+    }
+    Ok(())
+}
+
+fn conv_f32(
+    bytes: &[u8],
+    k: &ConvKernel,
+    x: &[f32],
+    out: &mut [f32],
+    scratch: &mut [f32],
+    batch: usize,
+    threads: usize,
+) -> Result<()> {
+    let weight: &[f32] = bytes_as(bytes, &k.weight)?;
+    let bias: &[f32] = bytes_as(bytes, &k.bias)?;
+    let ncols = batch * k.win.out_plane();
+    let (groups, kg) = (k.groups.max(1), k.k());
+    let (og, cg) = (k.cout / groups, k.cin / groups);
+    let in_group = cg * batch * k.win.in_plane();
+    for g in 0..groups {
+        let src: &[f32] = if k.is_pointwise() {
+            x
+        } else {
+            let xs = x.get(g * in_group..(g + 1) * in_group).unwrap_or(&[]);
+            let cols =
+                scratch.get_mut(..kg * ncols).ok_or_else(|| Error::Input("internal: scratch too small".into()))?;
+            im2col(xs, cg, batch, &k.win, 0.0, cols);
+            cols
+        };
+        let wg = weight.get(g * og * kg..(g + 1) * og * kg).unwrap_or(&[]);
+        let dst = out.get_mut(g * og * ncols..(g + 1) * og * ncols).unwrap_or(&mut []);
+        matmul(og, ncols, kg, wg, src, dst, threads)?;
+    }
+    for (row, &b) in out.chunks_exact_mut(ncols.max(1)).zip(bias) {
+        match k.act {
+            Activation::None => row.iter_mut().for_each(|v| *v += b),
+            Activation::Relu => row.iter_mut().for_each(|v| *v = (*v + b).max(0.0)),
+            Activation::Gelu => row.iter_mut().for_each(|v| *v = act::gelu(*v + b)),
+        }
+    }
+    Ok(())
+}
+
+/// How an int8 conv stores its real-valued result: as a u8 code or as f32 (logits).
+trait Store: Copy + Send + Sync {
+    fn store(y: f32, q: Option<QuantParams>) -> Self;
+}
+
+impl Store for u8 {
+    #[inline(always)]
+    fn store(y: f32, q: Option<QuantParams>) -> Self {
+        q.map(|q| q.quantize(y)).unwrap_or(0)
+    }
+}
+
+impl Store for f32 {
+    #[inline(always)]
+    fn store(y: f32, _: Option<QuantParams>) -> Self {
+        y
+    }
+}
+
+fn conv_i8<T: Store>(
+    bytes: &[u8],
+    k: &ConvKernel,
+    x: &[u8],
+    out: &mut [T],
+    scratch: &mut [u8],
+    batch: usize,
+    threads: usize,
+) -> Result<()> {
+    let weight: &[i8] = bytes_as(bytes, &k.weight)?;
+    let ncols = batch * k.win.out_plane();
+    let (groups, kg) = (k.groups.max(1), k.k());
+    let (og, cg) = (k.cout / groups, k.cin / groups);
+    let in_group = cg * batch * k.win.in_plane();
+    for g in 0..groups {
+        let src: &[u8] = if k.is_pointwise() {
+            x
+        } else {
+            let xs = x.get(g * in_group..(g + 1) * in_group).unwrap_or(&[]);
+            let cols =
+                scratch.get_mut(..kg * ncols).ok_or_else(|| Error::Input("internal: scratch too small".into()))?;
+            im2col(xs, cg, batch, &k.win, k.pad, cols);
+            cols
+        };
+        let dst = out.get_mut(g * og * ncols..(g + 1) * og * ncols).unwrap_or(&mut []);
+        // Row blocks per task: a multiple of the kernel's 4-row block.
+        let tasks = if threads > 1 && og >= 8 { threads } else { 1 };
+        let rows_per = og.div_ceil(tasks).next_multiple_of(4).max(4);
+        let run = |(t, chunk): (usize, &mut [T])| {
+            let r0 = g * og + t * rows_per;
+            let nr = chunk.len() / ncols.max(1);
+            let wr = weight.get(r0 * kg..(r0 + nr) * kg).unwrap_or(&[]);
+            qgemm(wr, src, nr, kg, ncols, |r, c0, acc| {
+                let o = r0 + r;
+                let (m, off) = (k.mult.get(o).copied().unwrap_or(0.0), k.offset.get(o).copied().unwrap_or(0.0));
+                let row = chunk.get_mut(r * ncols + c0..r * ncols + c0 + acc.len()).unwrap_or(&mut []);
+                for (d, &a) in row.iter_mut().zip(acc) {
+                    *d = T::store(act::apply(k.act, a as f32 * m + off), k.out_quant);
+                }
+            });
+        };
+        if tasks > 1 {
+            dst.par_chunks_mut(rows_per * ncols).enumerate().for_each(run);
+        } else {
+            dst.chunks_mut((rows_per * ncols).max(1)).enumerate().for_each(run);
+        }
+    }
+    Ok(())
+}
+
+/// Runs the int8 program. The quantized input must be in value 0's range of `arena`.
+/// A final conv/linear without output quantization writes f32 into `logits`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_int8(
+    bytes: &[u8],
+    steps: &[Step],
+    plan: &Plan,
+    output: usize,
+    arena: &mut [u8],
+    scratch: &mut [u8],
+    logits: &mut [f32],
+    batch: usize,
+    threads: usize,
+) -> Result<()> {
+    for &i in &plan.order {
+        let step = steps.get(i).ok_or_else(|| Error::Input("internal: bad plan".into()))?;
+        let ([a, b], out) = split_io(arena, input_ranges(plan, step, batch), plan.range(i + 1, batch))?;
+        let [c, h, w] = step.info.input_shapes.first().copied().unwrap_or([0; 3]);
+        let lut_apply = |out: &mut [u8], lut: &Option<Box<[u8; 256]>>| {
+            if let Some(l) = lut {
+                out.iter_mut().for_each(|v| *v = l.get(usize::from(*v)).copied().unwrap_or(0));
+            }
+        };
+        match &step.kernel {
+            Kernel::Conv(k) if k.out_quant.is_none() && i == output => {
+                conv_i8(bytes, k, a, logits, scratch, batch, threads)?
+            }
+            Kernel::Conv(k) => conv_i8(bytes, k, a, out, scratch, batch, threads)?,
+            Kernel::MaxPool { win, lut, .. } => {
+                pool::max_pool(a, c * batch, win, out);
+                lut_apply(out, lut);
+            }
+            Kernel::AvgPool { win, act: f, quant } => {
+                let (qi, qo) = quant.ok_or_else(|| Error::Input("internal: unquantized pool".into()))?;
+                pool::avg_pool(a, c * batch, win, f32::from(qi.zero_point), |j, v| {
+                    if let Some(o) = out.get_mut(j) {
+                        *o = qo.quantize(act::apply(*f, qi.scale * (v - f32::from(qi.zero_point))));
+                    }
+                })
+            }
+            Kernel::Add { act: f, quant } => {
+                let (qa, qb, qo) = quant.ok_or_else(|| Error::Input("internal: unquantized add".into()))?;
+                for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+                    *o = qo.quantize(act::apply(*f, qa.dequantize(x) + qb.dequantize(y)));
+                }
+            }
+            Kernel::Flatten => flatten(a, c, h * w, batch, out),
+            Kernel::Scale { lut, .. } => {
+                out.iter_mut().zip(a).for_each(|(o, &x)| *o = x);
+                lut_apply(out, lut);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! `trainer compile`: a training run becomes one `.cifar` file. BN is folded
+//! ([`fold`]), the f32 graph is checked against the trainer's own forward pass, int8
+//! activations are calibrated two ways and the better one on validation is kept
+//! ([`quant`]), and the file records provenance, quality and a drift reference.
+
+pub mod fold;
+pub mod quant;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use cifar_sdk::artifact::{ModelMetadata, Precision, Preprocessing, Provenance, Quality};
+use cifar_sdk::drift::{feature_histogram, image_features, DriftReference, Histogram, FEATURE_NAMES};
+use cifar_sdk::{Model, ModelOptions};
+use serde::Serialize;
+
+use crate::config::{Config, Tta};
+use crate::data::Split;
+use crate::run::{DatasetRef, RunDir};
+use crate::{eval, train};
+
+/// What to compile.
+#[derive(Debug, Clone)]
+pub struct CompileOptions {
+    pub run: PathBuf,
+    pub precision: Precision,
+    /// Training images used for int8 calibration.
+    pub calibration: usize,
+    /// Validation images on which the f32 file is compared with the trainer's forward.
+    pub check_images: usize,
+    pub output: Option<PathBuf>,
+}
+
+/// The numbers `trainer compile` prints and stores next to the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct CompileReport {
+    pub output: String,
+    pub precision: String,
+    pub bytes: usize,
+    pub validation_images: usize,
+    pub checkpoint_accuracy: f64,
+    pub f32_accuracy: f64,
+    pub int8_minmax_accuracy: Option<f64>,
+    pub int8_percentile_accuracy: Option<f64>,
+    pub compiled_accuracy: f64,
+    pub calibration: String,
+    /// Max over the checked images of max |sdk - trainer| / max |trainer logit|.
+    pub f32_max_relative_error: f64,
+    pub checked_images: usize,
+    pub checksum: String,
+}
+
+fn sdk_options() -> ModelOptions {
+    ModelOptions { device: cifar_sdk::DevicePolicy::Cpu, threads: 0, max_batch: 256 }
+}
+
+/// Logits of `indices` of `split` through an SDK model.
+pub fn sdk_logits(model: &Arc<Model>, split: &Split, indices: &[u32]) -> Result<Vec<f32>> {
+    let mut s = model.session()?;
+    let mut pixels = Vec::with_capacity(indices.len() * 3072);
+    for &i in indices {
+        pixels.extend_from_slice(&split.images[i as usize * 3072..(i as usize + 1) * 3072]);
+    }
+    Ok(s.logits_rgb8(&pixels, indices.len())?)
+}
+
+fn accuracy(logits: &[f32], classes: usize, split: &Split, indices: &[u32]) -> f64 {
+    let correct = logits
+        .chunks_exact(classes)
+        .zip(indices)
+        .filter(|(row, &i)| eval::argmax(row) == split.labels[i as usize] as usize)
+        .count();
+    correct as f64 / indices.len().max(1) as f64
+}
+
+/// The drift reference: input features and output distribution on `indices`.
+pub fn drift_reference(model: &Arc<Model>, split: &Split, indices: &[u32], source: String) -> Result<DriftReference> {
+    let mut features: std::collections::BTreeMap<String, Histogram> =
+        FEATURE_NAMES.iter().map(|n| (n.to_string(), feature_histogram(n))).collect();
+    let logits = sdk_logits(model, split, indices)?;
+    let classes = model.classes();
+    let mut predicted = vec![0u64; classes];
+    let mut confidence = Histogram::uniform(0.0, 1.0, 20);
+    for (&i, row) in indices.iter().zip(logits.chunks_exact(classes)) {
+        let f = image_features(&split.images[i as usize * 3072..(i as usize + 1) * 3072], 32, 32);
+        for (name, v) in FEATURE_NAMES.iter().zip(f.values()) {
+            if let Some(h) = features.get_mut(*name) {
+                h.add(v);
+            }
+        }
+        let p = cifar_sdk::softmax(row);
+        let top = eval::argmax(&p);
+        predicted[top] += 1;
+        confidence.add(p[top]);
+    }
+    Ok(DriftReference { images: indices.len() as u64, source, features, predicted_classes: predicted, confidence })
+}
+
+/// Compiles a run; returns the report (also printed and saved in the run directory).
+pub fn compile(opts: &CompileOptions) -> Result<CompileReport> {
+    let run = RunDir::open(&opts.run)?;
+    let cfg = Config::resolve(Some(&run.file("config.toml")), &[])?;
+    let data = train::RunData::load(&cfg)?;
+    let recorded: DatasetRef = run.read_json("dataset.json")?;
+    let digest = data.dataset.manifest.digest.clone();
+    if recorded.digest != digest {
+        bail!(
+            "{} was trained on dataset {} but {} now holds {digest}",
+            run.path.display(),
+            recorded.digest,
+            cfg.data.path
+        );
+    }
+    let dev = Device::Cpu;
+    let net = train::build_model(&cfg, &data, &dev)?;
+    let (weights, which) = train::load_run_weights(&run, &dev)?;
+    net.params().load(&weights, "")?;
+    let float = fold::fold(&cfg.model, &net.params().snapshot())?;
+    let split = data.split.as_ref();
+    let val = &data.val_idx;
+    if val.is_empty() {
+        bail!("the run's dataset has no validation split to check the compiled model on");
+    }
+    eprintln!("compiling {which} of {} ({} precision)", run.path.display(), opts.precision);
+
+    let created_unix =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let mut meta = ModelMetadata {
+        graph: float.graph.clone(),
+        labels: data.dataset.manifest.classes.clone(),
+        preprocessing: Preprocessing::default(),
+        provenance: Provenance {
+            dataset_digest: digest.clone(),
+            training_config: std::fs::read_to_string(run.file("config.toml")).unwrap_or_default(),
+            trainer_version: env!("CARGO_PKG_VERSION").into(),
+            source_revision: env!("CIFAR_SOURCE_REVISION").into(),
+            created_unix,
+            run: run.path.display().to_string(),
+        },
+        quality: Quality::default(),
+        drift: None,
+    };
+
+    // The f32 file must reproduce the trainer's forward pass.
+    let f32_model = Model::from_bytes(&quant::f32_writer(&float, meta.clone()).to_bytes()?, &sdk_options())?;
+    let (reference, classes) = eval::predict(net.as_ref(), split, val, Tta::None, cfg.eval.batch_size, &dev)?;
+    let f32_logits = sdk_logits(&f32_model, split, val)?;
+    let checked = opts.check_images.min(val.len());
+    let max_rel = reference
+        .chunks_exact(classes)
+        .zip(f32_logits.chunks_exact(classes))
+        .take(checked)
+        .map(|(r, s)| {
+            let scale = r.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+            r.iter().zip(s).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale
+        })
+        .fold(0f32, f32::max) as f64;
+    let checkpoint_accuracy = accuracy(&reference, classes, split, val);
+    let f32_accuracy = accuracy(&f32_logits, classes, split, val);
+    eprintln!("f32: max relative logit error vs the trainer {max_rel:.2e} on {checked} images");
+    if max_rel > 1e-3 {
+        bail!("the compiled f32 graph disagrees with the trainer (max relative error {max_rel:.2e}): a compiler bug");
+    }
+
+    let mut report = CompileReport {
+        output: String::new(),
+        precision: opts.precision.to_string(),
+        bytes: 0,
+        validation_images: val.len(),
+        checkpoint_accuracy,
+        f32_accuracy,
+        int8_minmax_accuracy: None,
+        int8_percentile_accuracy: None,
+        compiled_accuracy: f32_accuracy,
+        calibration: String::new(),
+        f32_max_relative_error: max_rel,
+        checked_images: checked,
+        checksum: String::new(),
+    };
+    let (mut writer, model) = match opts.precision {
+        Precision::F32 => (quant::f32_writer(&float, meta.clone()), f32_model),
+        Precision::Int8 => {
+            // Calibration images spread over the training split.
+            let train = &data.train_idx;
+            let n = opts.calibration.clamp(1, train.len().max(1));
+            let step = (train.len() / n).max(1);
+            let calib: Vec<u32> = train.iter().step_by(step).take(n).copied().collect();
+            eprintln!("calibrating on {} training images", calib.len());
+            let cal = quant::calibrate(&f32_model, split, &calib)?;
+            let iq = quant::input_quant(&meta.preprocessing.normalization);
+            let mut best: Option<(f64, quant::Method, cifar_sdk::artifact::ArtifactWriter, Arc<Model>)> = None;
+            for method in [quant::Method::MinMax, quant::Method::Percentile] {
+                let w = quant::int8_writer(&float, iq, &quant::activation_quant(&cal, method), meta.clone());
+                let m = Model::from_bytes(&w.to_bytes()?, &sdk_options())?;
+                let acc = accuracy(&sdk_logits(&m, split, val)?, classes, split, val);
+                eprintln!("int8 ({}): validation accuracy {:.2}%", method.name(), 100.0 * acc);
+                match method {
+                    quant::Method::MinMax => report.int8_minmax_accuracy = Some(acc),
+                    quant::Method::Percentile => report.int8_percentile_accuracy = Some(acc),
+                }
+                if best.as_ref().is_none_or(|b| acc > b.0) {
+                    best = Some((acc, method, w, m));
+                }
+            }
+            let (acc, method, w, m) = best.context("no calibration method ran")?;
+            report.compiled_accuracy = acc;
+            report.calibration = method.name().into();
+            meta.quality.calibration = method.name().into();
+            meta.quality.calibration_images = calib.len();
+            (w, m)
+        }
+    };
+    writer.metadata.quality = Quality {
+        validation_images: val.len(),
+        checkpoint_accuracy,
+        compiled_accuracy: report.compiled_accuracy,
+        calibration: meta.quality.calibration.clone(),
+        calibration_images: meta.quality.calibration_images,
+    };
+    writer.metadata.drift = Some(drift_reference(&model, split, val, format!("validation split of dataset {digest}"))?);
+    let out = opts.output.clone().unwrap_or_else(|| run.file(&format!("model-{}.cifar", opts.precision)));
+    let bytes = writer.to_bytes()?;
+    cifar_sdk::write_atomic(&out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
+    let written = Model::open(&out, &sdk_options())?;
+    report.output = out.display().to_string();
+    report.bytes = bytes.len();
+    report.checksum = written.artifact().checksum.clone();
+    run.write_json(&format!("compile-{}.json", opts.precision), &report)?;
+    print_report(&report);
+    Ok(report)
+}
+
+fn print_report(r: &CompileReport) {
+    let pct = |v: f64| format!("{:.2}%", 100.0 * v);
+    println!("{:<38} {}", "output", r.output);
+    println!("{:<38} {} ({} bytes)", "precision", r.precision, r.bytes);
+    println!("{:<38} {}", "validation images", r.validation_images);
+    println!("{:<38} {}", "checkpoint accuracy (trainer)", pct(r.checkpoint_accuracy));
+    println!("{:<38} {}", "f32 compiled accuracy (SDK)", pct(r.f32_accuracy));
+    println!("{:<38} {:.2e} ({} images)", "f32 max relative logit error", r.f32_max_relative_error, r.checked_images);
+    if let Some(a) = r.int8_minmax_accuracy {
+        println!("{:<38} {}", "int8 accuracy, min/max calibration", pct(a));
+    }
+    if let Some(a) = r.int8_percentile_accuracy {
+        println!("{:<38} {}", "int8 accuracy, percentile calibration", pct(a));
+    }
+    println!("{:<38} {} {}", "compiled file accuracy", pct(r.compiled_accuracy), r.calibration);
+    println!("{:<38} {}", "checksum", r.checksum);
+}

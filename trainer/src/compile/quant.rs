@@ -1,0 +1,168 @@
+//! int8 quantization: per-output-channel symmetric weights, per-tensor u8 activations
+//! calibrated on training images (min/max or percentiles), and the writers for both
+//! precisions.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use cifar_sdk::artifact::{ArtifactWriter, ModelMetadata, Precision, TensorData};
+use cifar_sdk::{Model, QuantParams};
+
+use super::fold::FloatModel;
+use crate::data::Split;
+
+/// Activation statistics per node.
+#[derive(Debug, Clone)]
+pub struct Calibration {
+    pub min: Vec<f32>,
+    pub max: Vec<f32>,
+    /// An evenly strided sample of each node's values (for percentiles).
+    pub samples: Vec<Vec<f32>>,
+}
+
+/// How activation ranges are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// The observed minimum and maximum.
+    MinMax,
+    /// The 0.01% and 99.99% percentiles: a few outliers no longer stretch the scale.
+    Percentile,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::MinMax => "minmax",
+            Method::Percentile => "percentile",
+        }
+    }
+}
+
+const SAMPLE_STRIDE: usize = 7;
+const MAX_SAMPLES: usize = 2_000_000;
+
+/// Runs the f32 `model` over `indices` of `split` and records every node's outputs.
+pub fn calibrate(model: &Arc<Model>, split: &Split, indices: &[u32]) -> Result<Calibration> {
+    let nodes = model.metadata().graph.nodes.len();
+    let mut cal = Calibration {
+        min: vec![f32::INFINITY; nodes],
+        max: vec![f32::NEG_INFINITY; nodes],
+        samples: vec![Vec::new(); nodes],
+    };
+    let mut session = model.session()?;
+    let norm = model.metadata().preprocessing.normalization.affine();
+    for chunk in indices.chunks(session.capacity()) {
+        let (x, _) = crate::data::loader::fill(split, chunk, |_| crate::data::loader::View::default(), &norm);
+        let mut observe = |node: usize, v: &[f32]| {
+            let (lo, hi) = v.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+            cal.min[node] = cal.min[node].min(lo);
+            cal.max[node] = cal.max[node].max(hi);
+            let s = &mut cal.samples[node];
+            if s.len() < MAX_SAMPLES {
+                s.extend(v.iter().step_by(SAMPLE_STRIDE).take(MAX_SAMPLES - s.len()));
+            }
+        };
+        session.run_observed(&x, chunk.len(), &mut observe)?;
+    }
+    Ok(cal)
+}
+
+fn percentile(sorted: &[f32], p: f64) -> f32 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Output quantization of every node.
+pub fn activation_quant(cal: &Calibration, method: Method) -> Vec<QuantParams> {
+    (0..cal.min.len())
+        .map(|i| match method {
+            Method::MinMax => QuantParams::from_range(cal.min[i], cal.max[i]),
+            Method::Percentile => {
+                let mut s = cal.samples[i].clone();
+                s.sort_unstable_by(f32::total_cmp);
+                QuantParams::from_range(percentile(&s, 1e-4), percentile(&s, 1.0 - 1e-4))
+            }
+        })
+        .collect()
+}
+
+/// The exact range of normalized pixels: every channel's `(0 - mean) / std` to `(1 - mean) / std`.
+pub fn input_quant(norm: &cifar_sdk::Normalization) -> QuantParams {
+    let lo = (0..3).map(|c| -norm.mean[c] / norm.std[c]).fold(f32::INFINITY, f32::min);
+    let hi = (0..3).map(|c| (1.0 - norm.mean[c]) / norm.std[c]).fold(f32::NEG_INFINITY, f32::max);
+    QuantParams::from_range(lo, hi)
+}
+
+/// The f32 model file.
+pub fn f32_writer(float: &FloatModel, mut meta: ModelMetadata) -> ArtifactWriter {
+    meta.graph = float.graph.clone();
+    let mut w = ArtifactWriter::new(meta);
+    for (name, l) in &float.layers {
+        w.insert(format!("{name}.weight"), TensorData::f32(&l.weight, &[l.out, l.k]));
+        w.insert(format!("{name}.bias"), TensorData::f32(&l.bias, &[l.out]));
+    }
+    w
+}
+
+/// Symmetric per-row int8: `w ~ scale[o] * q[o][k]`, `q` in [-127, 127].
+pub fn quantize_rows(weight: &[f32], out: usize, k: usize) -> (Vec<i8>, Vec<f32>, Vec<i32>) {
+    let mut q = vec![0i8; out * k];
+    let mut scales = vec![0f32; out];
+    let mut sums = vec![0i32; out];
+    for o in 0..out {
+        let row = &weight[o * k..(o + 1) * k];
+        let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let s = if max > 0.0 { max / 127.0 } else { 1.0 };
+        scales[o] = s;
+        for (d, &v) in q[o * k..(o + 1) * k].iter_mut().zip(row) {
+            *d = (v / s).round().clamp(-127.0, 127.0) as i8;
+            sums[o] += i32::from(*d);
+        }
+    }
+    (q, scales, sums)
+}
+
+/// The int8 model file: `quant[i]` is node `i`'s output encoding (the output node
+/// keeps f32 logits).
+pub fn int8_writer(
+    float: &FloatModel,
+    input: QuantParams,
+    quant: &[QuantParams],
+    mut meta: ModelMetadata,
+) -> ArtifactWriter {
+    let mut graph = float.graph.clone();
+    graph.precision = Precision::Int8;
+    graph.input_quant = Some(input);
+    let output = graph.output.clone();
+    for (node, &q) in graph.nodes.iter_mut().zip(quant) {
+        node.quant = if node.name == output && node.op.has_weights() { None } else { Some(q) };
+    }
+    meta.graph = graph;
+    let mut w = ArtifactWriter::new(meta);
+    for (name, l) in &float.layers {
+        let (q, scales, sums) = quantize_rows(&l.weight, l.out, l.k);
+        w.insert(format!("{name}.weight"), TensorData::i8(&q, &[l.out, l.k]));
+        w.insert(format!("{name}.bias"), TensorData::f32(&l.bias, &[l.out]));
+        w.insert(format!("{name}.weight_scale"), TensorData::f32(&scales, &[l.out]));
+        w.insert(format!("{name}.weight_sum"), TensorData::i32(&sums, &[l.out]));
+    }
+    w
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_quantization_is_symmetric_and_bounded() {
+        let w = [0.5, -1.0, 0.25, 0.0, 0.0, 0.0];
+        let (q, s, sums) = quantize_rows(&w, 2, 3);
+        assert_eq!(&q[..3], &[64, -127, 32]);
+        assert!((s[0] - 1.0 / 127.0).abs() < 1e-9);
+        assert_eq!(sums, vec![64 - 127 + 32, 0]);
+        assert_eq!(s[1], 1.0);
+    }
+}

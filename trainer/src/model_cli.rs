@@ -1,0 +1,175 @@
+//! `trainer compile`, `trainer classify` and `trainer inspect`: the commands around
+//! compiled `.cifar` files.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use cifar_sdk::{DevicePolicy, Model, ModelOptions, Precision};
+use clap::ValueEnum;
+
+use crate::compile::{compile, CompileOptions};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum PrecisionArg {
+    F32,
+    Int8,
+}
+
+#[derive(clap::Args)]
+pub struct CompileArgs {
+    /// The run directory to compile.
+    #[arg(long)]
+    run: PathBuf,
+    /// Weight and activation precision.
+    #[arg(long, value_enum, default_value = "int8")]
+    precision: PrecisionArg,
+    /// Training images used to calibrate int8 activations.
+    #[arg(long, default_value_t = 1000)]
+    calibration: usize,
+    /// Validation images on which the f32 graph is compared with the trainer's forward.
+    #[arg(long, default_value_t = 1000)]
+    check_images: usize,
+    /// Output file (default <run>/model-<precision>.cifar).
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct ClassifyArgs {
+    /// The compiled model.
+    model: PathBuf,
+    /// Image files (PNG, JPEG, PPM; any size, resized to the model input).
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// Classes to show per image.
+    #[arg(long, short, default_value_t = 3)]
+    top_k: usize,
+    /// Device policy: auto, cpu, gpu, gpu-or-cpu.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct InspectArgs {
+    /// The compiled model.
+    model: PathBuf,
+}
+
+pub fn compile_command(args: CompileArgs) -> Result<()> {
+    let precision = match args.precision {
+        PrecisionArg::F32 => Precision::F32,
+        PrecisionArg::Int8 => Precision::Int8,
+    };
+    let opts = CompileOptions {
+        run: args.run,
+        precision,
+        calibration: args.calibration,
+        check_images: args.check_images,
+        output: args.output,
+    };
+    compile(&opts)?;
+    Ok(())
+}
+
+pub fn classify_command(args: ClassifyArgs) -> Result<()> {
+    let device: DevicePolicy = args.device.parse()?;
+    let model = Model::open(&args.model, &ModelOptions { device, ..Default::default() })
+        .with_context(|| format!("cannot open {}", args.model.display()))?;
+    eprintln!(
+        "{} model, {} classes, device {} ({})",
+        model.precision(),
+        model.classes(),
+        model.device(),
+        model.device_reason()
+    );
+    let mut session = model.session()?;
+    let mut failed = 0;
+    for path in &args.images {
+        let answer = std::fs::read(path)
+            .with_context(|| format!("cannot read {}", path.display()))
+            .and_then(|bytes| Ok(session.classify_image(&bytes, args.top_k)?));
+        match answer {
+            Ok(c) if args.json => {
+                let top: Vec<_> = c
+                    .top
+                    .iter()
+                    .map(|p| serde_json::json!({"label": p.label, "class": p.class, "probability": p.probability}))
+                    .collect();
+                println!("{}", serde_json::json!({"image": path.display().to_string(), "top": top}));
+            }
+            Ok(c) => {
+                let top: Vec<String> = c.top.iter().map(|p| format!("{} {:.3}", p.label, p.probability)).collect();
+                println!("{}: {}", path.display(), top.join(", "));
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("{}: error: {e:#}", path.display());
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} image(s) could not be classified", args.images.len());
+    }
+    Ok(())
+}
+
+pub fn inspect_command(args: InspectArgs) -> Result<()> {
+    let model = Model::open(&args.model, &ModelOptions { device: DevicePolicy::Cpu, threads: 1, max_batch: 1 })
+        .with_context(|| format!("cannot open {}", args.model.display()))?;
+    let m = model.metadata();
+    let a = model.artifact();
+    println!("file        {} ({} bytes, {})", args.model.display(), a.bytes().len(), a.checksum);
+    println!("precision   {}", model.precision());
+    println!(
+        "input       {:?} (RGB, normalization mean {:?} std {:?})",
+        model.input_shape(),
+        m.preprocessing.normalization.mean,
+        m.preprocessing.normalization.std
+    );
+    println!("labels      {}", m.labels.join(", "));
+    let p = &m.provenance;
+    println!("dataset     {}", p.dataset_digest);
+    println!(
+        "trainer     {} (revision {}), run {}",
+        p.trainer_version,
+        if p.source_revision.is_empty() { "unknown" } else { &p.source_revision },
+        p.run
+    );
+    let q = &m.quality;
+    println!(
+        "quality     checkpoint {:.2}%, compiled {:.2}% on {} validation images{}",
+        100.0 * q.checkpoint_accuracy,
+        100.0 * q.compiled_accuracy,
+        q.validation_images,
+        if q.calibration.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} calibration, {} images)", q.calibration, q.calibration_images)
+        }
+    );
+    if let Some(d) = &m.drift {
+        println!("drift ref   {} images, {} features ({})", d.images, d.features.len(), d.source);
+    }
+    println!("\n{:<20} {:<16} {:<14} {:<10} {}", "node", "op", "output", "act/quant", "tensors");
+    for (node, info) in m.graph.nodes.iter().zip(&a.info.nodes) {
+        let tensors: Vec<String> = a
+            .tensors
+            .iter()
+            .filter(|(n, _)| n.rsplit_once('.').is_some_and(|(pre, _)| pre == node.name))
+            .map(|(n, t)| format!("{}{:?}:{}", n.rsplit_once('.').map(|x| x.1).unwrap_or(""), t.shape, t.dtype.name()))
+            .collect();
+        let quant = node.quant.map(|q| format!("q{:.3e}/{}", q.scale, q.zero_point)).unwrap_or_default();
+        println!(
+            "{:<20} {:<16} {:<14} {:<10} {}",
+            node.name,
+            node.op.kind(),
+            format!("{:?}", info.shape),
+            quant,
+            tensors.join(" ")
+        );
+    }
+    Ok(())
+}
