@@ -153,7 +153,7 @@ pub fn inspect_command(args: InspectArgs) -> Result<()> {
     if let Some(d) = &m.drift {
         println!("drift ref   {} images, {} features ({})", d.images, d.features.len(), d.source);
     }
-    println!("\n{:<20} {:<16} {:<14} {:<10} {}", "node", "op", "output", "act/quant", "tensors");
+    println!("\n{:<20} {:<16} {:<14} {:<10} tensors", "node", "op", "output", "act/quant");
     for (node, info) in m.graph.nodes.iter().zip(&a.info.nodes) {
         let tensors: Vec<String> = a
             .tensors

@@ -73,7 +73,7 @@ mod tests {
         let mut outq = vec![0u8; 8];
         max_pool(&xq, 2, &win, &mut outq);
         assert_eq!(outq, vec![200, 199, 197, 196, 191, 190, 188, 187]);
-        let mut avg = vec![0.0; 8];
+        let mut avg = [0.0; 8];
         avg_pool(&x, 2, &win, 0.0, |i, v| avg[i] = v);
         assert_eq!(avg[0], 0.0 / 4.0);
         assert_eq!(avg[3], (4.0 + 5.0 + 7.0 + 8.0) / 4.0);
