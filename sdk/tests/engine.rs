@@ -156,7 +156,10 @@ fn weights_are_read_in_place_from_the_mapping() {
         let copy = Model::from_bytes(&std::fs::read(&path).unwrap(), &opts(1, 2)).unwrap();
         assert!(!copy.artifact().is_mapped());
         let px = random_rgb8(2, 13);
-        assert_eq!(model.session().unwrap().logits_rgb8(&px, 2).unwrap(), copy.session().unwrap().logits_rgb8(&px, 2).unwrap());
+        assert_eq!(
+            model.session().unwrap().logits_rgb8(&px, 2).unwrap(),
+            copy.session().unwrap().logits_rgb8(&px, 2).unwrap()
+        );
     }
 }
 

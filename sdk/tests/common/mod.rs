@@ -22,14 +22,19 @@ fn node(name: &str, inputs: &[&str], op: Op) -> Node {
 /// A graph that uses every op: grouped, strided, padded and pointwise convs, max/avg
 /// pools, residual adds, scale, flatten, global pools and linear layers.
 pub fn zoo_graph() -> Graph {
-    let pool = |k: usize, s: usize, p: usize, act| Op::MaxPool(Pool { kernel: [k; 2], stride: [s; 2], padding: [p; 2], act });
+    let pool =
+        |k: usize, s: usize, p: usize, act| Op::MaxPool(Pool { kernel: [k; 2], stride: [s; 2], padding: [p; 2], act });
     let nodes = vec![
         node("c1", &["input"], conv(8, 3, 1, 1, 1, Activation::Relu)),
         node("c2", &["c1"], conv(8, 3, 2, 1, 2, Activation::Gelu)),
         node("p1", &["c2"], pool(2, 2, 0, Activation::None)),
         node("c3", &["p1"], conv(8, 1, 1, 0, 1, Activation::None)),
         node("add1", &["p1", "c3"], Op::Add { act: Activation::Relu }),
-        node("ap", &["add1"], Op::AvgPool(Pool { kernel: [3; 2], stride: [1; 2], padding: [1; 2], act: Activation::None })),
+        node(
+            "ap",
+            &["add1"],
+            Op::AvgPool(Pool { kernel: [3; 2], stride: [1; 2], padding: [1; 2], act: Activation::None }),
+        ),
         node("sc", &["ap"], Op::Scale { factor: 0.5, act: Activation::Gelu }),
         node("gp", &["sc"], Op::GlobalAvgPool { act: Activation::None }),
         node("gm", &["sc"], Op::GlobalMaxPool { act: Activation::Relu }),
@@ -150,7 +155,8 @@ pub fn reference(g: &Graph, w: &Weights, img: &[f32], post: &mut dyn FnMut(usize
         let [oc, oh, ow] = inf.shape;
         let mut y = vec![0f32; oc * oh * ow];
         let at = |x: &Vec<f32>, ch: usize, iy: isize, ix: isize| -> Option<f32> {
-            (iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd).then(|| x[(ch * h + iy as usize) * wd + ix as usize])
+            (iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd)
+                .then(|| x[(ch * h + iy as usize) * wd + ix as usize])
         };
         match &n.op {
             Op::Conv2d(cv) => {
@@ -212,7 +218,8 @@ pub fn reference(g: &Graph, w: &Weights, img: &[f32], post: &mut dyn FnMut(usize
             }
             Op::GlobalMaxPool { act: a } => {
                 for ch in 0..c {
-                    y[ch] = act(*a, x[ch * h * wd..(ch + 1) * h * wd].iter().copied().fold(f32::NEG_INFINITY, f32::max));
+                    y[ch] =
+                        act(*a, x[ch * h * wd..(ch + 1) * h * wd].iter().copied().fold(f32::NEG_INFINITY, f32::max));
                 }
             }
             Op::Add { act: a } => {
