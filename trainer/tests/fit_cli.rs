@@ -240,4 +240,16 @@ fn real_cifar10_imports_and_trains() {
     let acc = s["val_accuracy"].as_f64().unwrap();
     eprintln!("real data, 10000 images, 2 epochs: validation accuracy {acc}");
     assert!(acc > 0.4, "two short epochs on real CIFAR-10 should beat 40% (chance is 10%): {s}");
+
+    // The compiled f32 file reproduces the trainer on the 1,000 validation images.
+    let model = root.join("model.cifar");
+    ok(run(
+        root,
+        &["compile", "--run", run_dir.to_str().unwrap(), "--precision", "f32", "-o", model.to_str().unwrap()],
+    ));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("compile-f32.json")).unwrap()).unwrap();
+    assert_eq!(r["checked_images"], 1000, "{r}");
+    assert!(r["f32_max_relative_error"].as_f64().unwrap() < 1e-4, "{r}");
+    assert_eq!(r["f32_accuracy"], r["checkpoint_accuracy"], "{r}");
 }
