@@ -71,8 +71,19 @@ fn conv_mut<'a>(g: &'a mut Graph, name: &str) -> &'a mut Conv2d {
     }
 }
 
+/// With `CIFAR_MALFORMED_DIR=<dir>`, every case is also written to `<dir>/<case>.cifar`
+/// (how `fixtures/malformed/` is made).
+fn save_case(bytes: &[u8], what: &str) {
+    if let Some(dir) = std::env::var_os("CIFAR_MALFORMED_DIR") {
+        let slug: String = what.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(std::path::Path::new(&dir).join(format!("{slug}.cifar")), bytes).unwrap();
+    }
+}
+
 #[track_caller]
 fn expect(bytes: &[u8], check: impl Fn(&Error) -> bool, what: &str) {
+    save_case(bytes, what);
     match open(bytes) {
         Ok(_) => panic!("{what}: the malformed file was accepted"),
         Err(e) => assert!(check(&e), "{what}: unexpected error: {e}"),

@@ -77,6 +77,19 @@ enum DataCommand {
         #[arg(default_value = "data/cifar10")]
         dir: PathBuf,
     },
+    /// Write validation images as PNG files named `<index>-<class>.png` (samples for
+    /// `trainer classify`, fixtures, demos).
+    Export {
+        /// The dataset directory.
+        #[arg(default_value = "data/cifar10")]
+        dir: PathBuf,
+        /// Where to write the images.
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Images per class (the first ones of the validation split).
+        #[arg(long, default_value_t = 1)]
+        per_class: usize,
+    },
     /// Per-class counts and per-channel mean/std.
     Stats {
         /// The dataset directory.
@@ -189,8 +202,32 @@ fn print_dataset(ds: &Dataset, dir: &Path) {
     println!("  validation  {} images held out of train (seed {})", m.validation.size, m.validation.seed);
 }
 
+fn export_images(dir: &Path, out: &Path, per_class: usize) -> Result<()> {
+    let ds = Dataset::load(dir)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut taken = vec![0usize; ds.manifest.classes.len()];
+    let mut written = 0;
+    for &i in &ds.val_indices {
+        let label = ds.train.labels[i as usize] as usize;
+        if taken[label] >= per_class {
+            continue;
+        }
+        taken[label] += 1;
+        let px = ds.train.images[i as usize * 3072..(i as usize + 1) * 3072].to_vec();
+        let img = image::RgbImage::from_raw(32, 32, px).context("bad image buffer")?;
+        let path = out.join(format!("{i:05}-{}.png", ds.manifest.classes[label]));
+        let mut png = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+        cifar_sdk::write_atomic(&path, &png)?;
+        written += 1;
+    }
+    println!("wrote {written} images to {}", out.display());
+    Ok(())
+}
+
 fn data_command(cmd: DataCommand, quiet: bool) -> Result<()> {
     match cmd {
+        DataCommand::Export { dir, out, per_class } => export_images(&dir, &out, per_class),
         DataCommand::Import { source, out } => {
             if out.out.exists() && !out.force {
                 bail!("{} already exists (pass --force to replace it)", out.out.display());

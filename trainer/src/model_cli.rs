@@ -50,6 +50,9 @@ pub struct ClassifyArgs {
     /// Print JSON lines instead of a table.
     #[arg(long)]
     json: bool,
+    /// With --json: include every logit (golden outputs for tests).
+    #[arg(long, requires = "json")]
+    logits: bool,
 }
 
 #[derive(clap::Args)]
@@ -98,7 +101,11 @@ pub fn classify_command(args: ClassifyArgs) -> Result<()> {
                     .iter()
                     .map(|p| serde_json::json!({"label": p.label, "class": p.class, "probability": p.probability}))
                     .collect();
-                println!("{}", serde_json::json!({"image": path.display().to_string(), "top": top}));
+                let mut line = serde_json::json!({"image": path.display().to_string(), "top": top});
+                if args.logits {
+                    line["logits"] = serde_json::json!(c.logits);
+                }
+                println!("{line}");
             }
             Ok(c) => {
                 let top: Vec<String> = c.top.iter().map(|p| format!("{} {:.3}", p.label, p.probability)).collect();

@@ -1,0 +1,53 @@
+//! The committed fixtures (scripts/make-fixtures.sh): the tiny models reproduce their
+//! golden outputs, and every file of the malformed corpus is refused without a panic.
+
+use std::path::{Path, PathBuf};
+
+use cifar_sdk::{DevicePolicy, Model, ModelOptions, Precision};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
+}
+
+fn opts() -> ModelOptions {
+    ModelOptions { device: DevicePolicy::Cpu, threads: 1, max_batch: 4 }
+}
+
+#[test]
+fn tiny_models_reproduce_their_golden_outputs() {
+    for (name, precision) in [("f32", Precision::F32), ("int8", Precision::Int8)] {
+        let model = Model::open(fixtures().join(format!("models/tiny-{name}.cifar")), &opts()).unwrap();
+        assert_eq!(model.precision(), precision);
+        let mut session = model.session().unwrap();
+        let golden = std::fs::read_to_string(fixtures().join(format!("golden/tiny-{name}.jsonl"))).unwrap();
+        let mut lines = 0;
+        for line in golden.lines() {
+            let g: serde_json::Value = serde_json::from_str(line).unwrap();
+            let image = fixtures().join("..").join(g["image"].as_str().unwrap());
+            let answer = session.classify_image(&std::fs::read(&image).unwrap(), 10).unwrap();
+            let want: Vec<f32> = g["logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+            for (a, b) in answer.logits.iter().zip(&want) {
+                // int8 accumulates exactly; f32 may differ in the last bits where the
+                // GEMM picks another micro-kernel on another CPU.
+                let tol = if precision == Precision::Int8 { 0.0 } else { 1e-5 * (1.0 + b.abs()) };
+                assert!((a - b).abs() <= tol, "{name} {}: logit {a} vs golden {b}", image.display());
+            }
+            assert_eq!(answer.top[0].label, g["top"][0]["label"].as_str().unwrap());
+            lines += 1;
+        }
+        assert_eq!(lines, 10);
+    }
+}
+
+#[test]
+fn the_malformed_corpus_is_refused() {
+    let dir = fixtures().join("malformed");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let err = Model::open(&path, &opts()).expect_err(&format!("{} was accepted", path.display()));
+        assert!(!err.to_string().is_empty());
+        n += 1;
+    }
+    assert!(n >= 30, "the corpus has {n} files");
+}
