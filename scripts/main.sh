@@ -32,5 +32,9 @@ fi
 run="runs/$(date -u +%Y%m%d-%H%M%S)-$(basename "$config" .toml)"
 "$trainer" fit --config "$config" --run-dir "$run" data.path="$data_dir"
 "$trainer" eval --run "$run" --tta
+# Compile to one int8 file (BN folded, calibrated, checked against f32) and use it.
+"$trainer" compile --run "$run" --precision int8 -o "$run/model.cifar"
+"$trainer" inspect "$run/model.cifar" | head -8
+"$trainer" classify "$run/model.cifar" fixtures/images/*.png
 echo
-echo "done: the model, metrics, plots and evaluation are in $run/"
+echo "done: the run (metrics, plots, evaluation) is in $run/, the compiled model is $run/model.cifar"

@@ -17,3 +17,6 @@ else
   echo "warning: clippy is not installed; skipping the lints" >&2
 fi
 cargo test --release --locked --workspace
+# The SDK once more in the dev profile: debug assertions and integer overflow checks
+# on, so the malformed-file and fuzz tests also catch arithmetic slips.
+cargo test --locked -p cifar-sdk

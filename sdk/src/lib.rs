@@ -31,6 +31,7 @@
         clippy::unimplemented
     )
 )]
+#![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
 #[cfg(target_endian = "big")]

@@ -75,7 +75,8 @@ fn conv_mut<'a>(g: &'a mut Graph, name: &str) -> &'a mut Conv2d {
 /// (how `fixtures/malformed/` is made).
 fn save_case(bytes: &[u8], what: &str) {
     if let Some(dir) = std::env::var_os("CIFAR_MALFORMED_DIR") {
-        let slug: String = what.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+        let slug: String =
+            what.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(std::path::Path::new(&dir).join(format!("{slug}.cifar")), bytes).unwrap();
     }
