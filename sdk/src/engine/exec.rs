@@ -5,8 +5,9 @@ use rayon::prelude::*;
 
 use super::plan::{split_io, Plan};
 use super::program::{ConvKernel, Kernel, Step};
-use crate::artifact::{Activation, QuantParams};
-use crate::kernels::{act, gemm_f32::matmul, im2col::im2col, pool, qgemm::qgemm};
+use crate::artifact::QuantParams;
+use crate::kernels::gemm_f32::{matmul, matmul_strided};
+use crate::kernels::{act, im2col::im2col_images, pool, qgemm::qgemm};
 use crate::{Error, Result};
 
 fn bytes_as<'a, T: bytemuck::Pod>(bytes: &'a [u8], r: &std::ops::Range<usize>) -> Result<&'a [T]> {
@@ -81,6 +82,13 @@ pub(crate) fn run_f32(
     Ok(())
 }
 
+/// Images per im2col block: enough columns for efficient GEMMs, few enough that the
+/// block (about 1 MB) stays in cache between im2col and GEMM.
+pub(crate) fn images_per_chunk(k: usize, plane: usize, batch: usize) -> usize {
+    const BLOCK_ELEMENTS: usize = 1 << 18;
+    (BLOCK_ELEMENTS / (k * plane).max(1)).clamp(1, batch.max(1))
+}
+
 fn conv_f32(
     bytes: &[u8],
     k: &ConvKernel,
@@ -96,26 +104,27 @@ fn conv_f32(
     let (groups, kg) = (k.groups.max(1), k.k());
     let (og, cg) = (k.cout / groups, k.cin / groups);
     let in_group = cg * batch * k.win.in_plane();
+    let plane = k.win.out_plane();
     for g in 0..groups {
-        let src: &[f32] = if k.is_pointwise() {
-            x
-        } else {
-            let xs = x.get(g * in_group..(g + 1) * in_group).unwrap_or(&[]);
-            let cols =
-                scratch.get_mut(..kg * ncols).ok_or_else(|| Error::Input("internal: scratch too small".into()))?;
-            im2col(xs, cg, batch, &k.win, 0.0, cols);
-            cols
-        };
         let wg = weight.get(g * og * kg..(g + 1) * og * kg).unwrap_or(&[]);
         let dst = out.get_mut(g * og * ncols..(g + 1) * og * ncols).unwrap_or(&mut []);
-        matmul(og, ncols, kg, wg, src, dst, threads)?;
+        if k.is_pointwise() {
+            matmul(og, ncols, kg, wg, x, dst, threads)?;
+            continue;
+        }
+        let xs = x.get(g * in_group..(g + 1) * in_group).unwrap_or(&[]);
+        let per = images_per_chunk(kg, plane, batch);
+        for b0 in (0..batch).step_by(per) {
+            let nb = per.min(batch - b0);
+            let cols =
+                scratch.get_mut(..kg * nb * plane).ok_or_else(|| Error::Input("internal: scratch too small".into()))?;
+            im2col_images(xs, cg, batch, b0..b0 + nb, &k.win, 0.0, cols);
+            let d = dst.get_mut(b0 * plane..).unwrap_or(&mut []);
+            matmul_strided(og, nb * plane, kg, wg, cols, d, ncols, threads)?;
+        }
     }
     for (row, &b) in out.chunks_exact_mut(ncols.max(1)).zip(bias) {
-        match k.act {
-            Activation::None => row.iter_mut().for_each(|v| *v += b),
-            Activation::Relu => row.iter_mut().for_each(|v| *v = (*v + b).max(0.0)),
-            Activation::Gelu => row.iter_mut().for_each(|v| *v = act::gelu(*v + b)),
-        }
+        act::bias_act(k.act, b, row);
     }
     Ok(())
 }
@@ -153,37 +162,45 @@ fn conv_i8<T: Store>(
     let (groups, kg) = (k.groups.max(1), k.k());
     let (og, cg) = (k.cout / groups, k.cin / groups);
     let in_group = cg * batch * k.win.in_plane();
+    let plane = k.win.out_plane();
     for g in 0..groups {
-        let src: &[u8] = if k.is_pointwise() {
-            x
-        } else {
-            let xs = x.get(g * in_group..(g + 1) * in_group).unwrap_or(&[]);
-            let cols =
-                scratch.get_mut(..kg * ncols).ok_or_else(|| Error::Input("internal: scratch too small".into()))?;
-            im2col(xs, cg, batch, &k.win, k.pad, cols);
-            cols
-        };
         let dst = out.get_mut(g * og * ncols..(g + 1) * og * ncols).unwrap_or(&mut []);
-        // Row blocks per task: a multiple of the kernel's 4-row block.
-        let tasks = if threads > 1 && og >= 8 { threads } else { 1 };
-        let rows_per = og.div_ceil(tasks).next_multiple_of(4).max(4);
-        let run = |(t, chunk): (usize, &mut [T])| {
-            let r0 = g * og + t * rows_per;
-            let nr = chunk.len() / ncols.max(1);
-            let wr = weight.get(r0 * kg..(r0 + nr) * kg).unwrap_or(&[]);
-            qgemm(wr, src, nr, kg, ncols, |r, c0, acc| {
-                let o = r0 + r;
-                let (m, off) = (k.mult.get(o).copied().unwrap_or(0.0), k.offset.get(o).copied().unwrap_or(0.0));
-                let row = chunk.get_mut(r * ncols + c0..r * ncols + c0 + acc.len()).unwrap_or(&mut []);
-                for (d, &a) in row.iter_mut().zip(acc) {
-                    *d = T::store(act::apply(k.act, a as f32 * m + off), k.out_quant);
-                }
-            });
-        };
-        if tasks > 1 {
-            dst.par_chunks_mut(rows_per * ncols).enumerate().for_each(run);
-        } else {
-            dst.chunks_mut((rows_per * ncols).max(1)).enumerate().for_each(run);
+        let xs = x.get(g * in_group..(g + 1) * in_group).unwrap_or(&[]);
+        let per = if k.is_pointwise() { batch.max(1) } else { images_per_chunk(kg, plane, batch) };
+        for b0 in (0..batch).step_by(per) {
+            let nb = per.min(batch - b0);
+            let width = nb * plane;
+            let src: &[u8] = if k.is_pointwise() {
+                x
+            } else {
+                let cols =
+                    scratch.get_mut(..kg * width).ok_or_else(|| Error::Input("internal: scratch too small".into()))?;
+                im2col_images(xs, cg, batch, b0..b0 + nb, &k.win, k.pad, cols);
+                cols
+            };
+            let col0 = b0 * plane;
+            // Row blocks per task: a multiple of the kernel's 4-row block.
+            let tasks = if threads > 1 && og >= 8 { threads } else { 1 };
+            let rows_per = og.div_ceil(tasks).next_multiple_of(4).max(4);
+            let run = |(t, chunk): (usize, &mut [T])| {
+                let r0 = g * og + t * rows_per;
+                let nr = chunk.len() / ncols.max(1);
+                let wr = weight.get(r0 * kg..(r0 + nr) * kg).unwrap_or(&[]);
+                qgemm(wr, src, nr, kg, width, |r, c0, acc| {
+                    let o = r0 + r;
+                    let (m, off) = (k.mult.get(o).copied().unwrap_or(0.0), k.offset.get(o).copied().unwrap_or(0.0));
+                    let at = r * ncols + col0 + c0;
+                    let row = chunk.get_mut(at..at + acc.len()).unwrap_or(&mut []);
+                    for (d, &a) in row.iter_mut().zip(acc) {
+                        *d = T::store(act::apply(k.act, a as f32 * m + off), k.out_quant);
+                    }
+                });
+            };
+            if tasks > 1 {
+                dst.par_chunks_mut(rows_per * ncols).enumerate().for_each(run);
+            } else {
+                dst.chunks_mut((rows_per * ncols).max(1)).enumerate().for_each(run);
+            }
         }
     }
     Ok(())

@@ -96,7 +96,8 @@ impl Plan {
             live.retain(|&(_, _, v)| last_use.get(v).copied().unwrap_or(0) > pos + 1);
             if let Some(Step { kernel: Kernel::Conv(c), .. }) = steps.get(i) {
                 if !c.is_pointwise() {
-                    scratch_len = scratch_len.max(mul(mul(c.k(), c.win.out_plane())?, capacity)?);
+                    let per = super::exec::images_per_chunk(c.k(), c.win.out_plane(), capacity);
+                    scratch_len = scratch_len.max(mul(mul(c.k(), c.win.out_plane())?, per)?);
                 }
             }
         }

@@ -6,8 +6,26 @@ use crate::{Error, Result};
 /// `c[m][n] = a[m][k] * b[k][n]`, all row-major and dense. `threads > 1` splits the work
 /// over the current rayon pool.
 pub fn matmul(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32], threads: usize) -> Result<()> {
+    matmul_strided(m, n, k, a, b, c, n, threads)
+}
+
+/// Like [`matmul`], with the rows of `c` `ldc >= n` elements apart (a column block of a
+/// wider matrix).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    ldc: usize,
+    threads: usize,
+) -> Result<()> {
     let need = |x: usize, y: usize| x.checked_mul(y).ok_or_else(|| Error::Input("matrix size overflows".into()));
-    if a.len() < need(m, k)? || b.len() < need(k, n)? || c.len() < need(m, n)? {
+    let c_len =
+        if m == 0 { 0 } else { need(m - 1, ldc)?.checked_add(n).ok_or_else(|| Error::Input("overflow".into()))? };
+    if ldc < n || a.len() < need(m, k)? || b.len() < need(k, n)? || c.len() < c_len {
         return Err(Error::Input(format!(
             "matmul {m}x{k} * {k}x{n}: operands of {}, {} and {} elements are too short",
             a.len(),
@@ -19,13 +37,13 @@ pub fn matmul(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32],
         return Ok(());
     }
     if k == 0 {
-        c.iter_mut().take(m * n).for_each(|v| *v = 0.0);
+        c.chunks_mut(ldc).take(m).for_each(|row| row.iter_mut().take(n).for_each(|v| *v = 0.0));
         return Ok(());
     }
     let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    // SAFETY: the checks above guarantee that `a` holds m*k, `b` k*n and `c` m*n
-    // elements, which is exactly what the strides below address (row-major: column
-    // stride 1, row strides k, n and n). `c` is exclusively borrowed and does not alias
+    // SAFETY: the checks above guarantee that `a` holds m*k and `b` k*n elements and
+    // that `c` reaches (m-1)*ldc + n, which is exactly what the strides below address
+    // (row-major: column stride 1, row strides k, n and ldc). `c` is exclusively borrowed and does not alias
     // `a` or `b`. With read_dst = false, `c` is only written.
     unsafe {
         gemm::gemm(
@@ -34,7 +52,7 @@ pub fn matmul(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32],
             k,
             c.as_mut_ptr(),
             1,
-            n as isize,
+            ldc as isize,
             false,
             a.as_ptr(),
             1,

@@ -7,6 +7,22 @@ use super::Window;
 /// `channels` planes of `x` (`[channels][batch][in_plane]`). Slices that are too short
 /// leave the rest of `cols` untouched (the plan sizes them; see the tests).
 pub fn im2col<T: Copy>(x: &[T], channels: usize, batch: usize, win: &Window, pad: T, cols: &mut [T]) {
+    im2col_images(x, channels, batch, 0..batch, win, pad, cols)
+}
+
+/// Like [`im2col`] for the images `images` of an `x` holding `x_batch` images per
+/// channel: `cols` gets `images.len() * out_plane` columns. Convolving a batch a few
+/// images at a time keeps the im2col matrix in cache.
+pub fn im2col_images<T: Copy>(
+    x: &[T],
+    channels: usize,
+    x_batch: usize,
+    images: std::ops::Range<usize>,
+    win: &Window,
+    pad: T,
+    cols: &mut [T],
+) {
+    let batch = images.len();
     let [kh, kw] = win.kernel;
     let [oh, ow] = win.out_hw;
     let [_, iw] = win.in_hw;
@@ -14,7 +30,8 @@ pub fn im2col<T: Copy>(x: &[T], channels: usize, batch: usize, win: &Window, pad
     let ncols = batch * out_plane;
     let mut rows = cols.chunks_exact_mut(ncols.max(1));
     for c in 0..channels {
-        let xc = x.get(c * batch * in_plane..(c + 1) * batch * in_plane).unwrap_or(&[]);
+        let first = c * x_batch + images.start;
+        let xc = x.get(first * in_plane..(first + batch) * in_plane).unwrap_or(&[]);
         for ky in 0..kh {
             for kx in 0..kw {
                 let Some(row) = rows.next() else { return };
@@ -84,6 +101,20 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn image_ranges_are_column_blocks_of_the_whole_batch() {
+        let win = Window { in_hw: [5, 6], out_hw: [5, 6], kernel: [3, 3], stride: [1, 1], padding: [1, 1] };
+        let (c, b) = (3, 4);
+        let x: Vec<i32> = (0..(c * b * 30) as i32).collect();
+        let mut all = vec![0; c * 9 * b * 30];
+        im2col(&x, c, b, &win, -1, &mut all);
+        let mut part = vec![0; c * 9 * 2 * 30];
+        im2col_images(&x, c, b, 1..3, &win, -1, &mut part);
+        for row in 0..c * 9 {
+            assert_eq!(&part[row * 60..(row + 1) * 60], &all[row * 120 + 30..row * 120 + 90]);
         }
     }
 
