@@ -24,21 +24,9 @@ pub enum Activation {
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 const GELU_C: f32 = 0.044_715;
 
-/// `e^x`, relative error ~1e-7 over the f32 range; no branches.
-#[inline(always)]
-pub fn fast_exp(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.clamp(-87.0, 88.0);
-    // n = round(x / ln 2) with the 1.5 * 2^23 trick (no libm call).
-    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
-    let y = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.0
-        + y * (1.0
-            + y * (0.5
-                + y * (1.0 / 6.0 + y * (1.0 / 24.0 + y * (1.0 / 120.0 + y * (1.0 / 720.0 + y * (1.0 / 5040.0)))))));
-    p * f32::from_bits(((n as i32 + 127) << 23) as u32)
-}
+/// `e^x`, relative error ~1e-7, no branches: shared with the SDK's engine so that
+/// training and inference compute GELU the same way.
+pub use cifar_sdk::kernels::act::fast_exp;
 
 #[inline(always)]
 fn sigmoid2u(z: f32) -> (f32, f32) {
