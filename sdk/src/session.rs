@@ -51,6 +51,7 @@ pub struct Session {
     arena_u8: Vec<u8>,
     scratch_f32: Vec<f32>,
     scratch_u8: Vec<u8>,
+    packed: Vec<i16>,
     logits: Vec<f32>,
     threads: usize,
     pool: Option<rayon::ThreadPool>,
@@ -121,10 +122,16 @@ impl Session {
         }
         let classes = model.classes();
         let cap = opts.max_batch;
-        let (arena_f32, arena_u8, scratch_f32, scratch_u8) = if int8 {
-            (Vec::new(), vec![0u8; plan.arena_len], Vec::new(), vec![0u8; plan.scratch_len])
+        let (arena_f32, arena_u8, scratch_f32, scratch_u8, packed) = if int8 {
+            (
+                Vec::new(),
+                vec![0u8; plan.arena_len],
+                Vec::new(),
+                vec![0u8; plan.scratch_len],
+                vec![0i16; plan.packed_len],
+            )
         } else {
-            (vec![0f32; plan.arena_len], Vec::new(), vec![0f32; plan.scratch_len], Vec::new())
+            (vec![0f32; plan.arena_len], Vec::new(), vec![0f32; plan.scratch_len], Vec::new(), Vec::new())
         };
         Ok(Self {
             logits: vec![0f32; classes * cap],
@@ -134,6 +141,7 @@ impl Session {
             arena_u8,
             scratch_f32,
             scratch_u8,
+            packed,
             threads,
             pool,
             pixel_f32,
@@ -356,9 +364,10 @@ impl Session {
         let classes = model.classes();
         let (arena_f32, scratch_f32) = (&mut self.arena_f32, &mut self.scratch_f32);
         let (arena_u8, scratch_u8, logits) = (&mut self.arena_u8, &mut self.scratch_u8, &mut self.logits);
+        let packed = &mut self.packed;
         let mut work = || -> Result<()> {
             if int8 {
-                run_int8(bytes, &model.steps, plan, output, arena_u8, scratch_u8, logits, n, threads)
+                run_int8(bytes, &model.steps, plan, output, arena_u8, scratch_u8, packed, logits, n, threads)
             } else {
                 run_f32(bytes, &model.steps, plan, arena_f32, scratch_f32, n, threads, observe)
             }

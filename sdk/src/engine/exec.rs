@@ -5,9 +5,10 @@ use rayon::prelude::*;
 
 use super::plan::{split_io, Plan};
 use super::program::{ConvKernel, Kernel, Step};
-use crate::artifact::QuantParams;
+use crate::artifact::{Activation, QuantParams};
 use crate::kernels::gemm_f32::{matmul, matmul_strided};
-use crate::kernels::{act, im2col::im2col_images, pool, qgemm::qgemm};
+use crate::kernels::qgemm::{pack, pack_block, packed_len, qgemm};
+use crate::kernels::{act, im2col::im2col_images, pool};
 use crate::{Error, Result};
 
 fn bytes_as<'a, T: bytemuck::Pod>(bytes: &'a [u8], r: &std::ops::Range<usize>) -> Result<&'a [T]> {
@@ -129,31 +130,52 @@ fn conv_f32(
     Ok(())
 }
 
-/// How an int8 conv stores its real-valued result: as a u8 code or as f32 (logits).
+/// How an int8 conv stores its real-valued results: as u8 codes or as f32 (logits).
 trait Store: Copy + Send + Sync {
-    fn store(y: f32, q: Option<QuantParams>) -> Self;
+    fn store(ys: &[f32], q: Option<QuantParams>, out: &mut [Self]);
 }
 
 impl Store for u8 {
     #[inline(always)]
-    fn store(y: f32, q: Option<QuantParams>) -> Self {
-        q.map(|q| q.quantize(y)).unwrap_or(0)
+    fn store(ys: &[f32], q: Option<QuantParams>, out: &mut [Self]) {
+        let Some(q) = q else { return };
+        let (inv, zp) = (1.0 / q.scale, f32::from(q.zero_point));
+        for (o, &y) in out.iter_mut().zip(ys) {
+            *o = ((y * inv).round_ties_even() + zp).clamp(0.0, 255.0) as u8;
+        }
     }
 }
 
 impl Store for f32 {
     #[inline(always)]
-    fn store(y: f32, _: Option<QuantParams>) -> Self {
-        y
+    fn store(ys: &[f32], _: Option<QuantParams>, out: &mut [Self]) {
+        out.iter_mut().zip(ys).for_each(|(o, &y)| *o = y);
     }
 }
 
+/// The int8 GEMM epilogue for one row block: `y = act(acc * m + off)`, stored.
+#[inline(always)]
+fn requantize<T: Store>(acc: &[i32], m: f32, off: f32, act: Activation, q: Option<QuantParams>, out: &mut [T]) {
+    let mut ys = [0f32; crate::kernels::qgemm::NR];
+    for (y, &a) in ys.iter_mut().zip(acc) {
+        *y = a as f32 * m + off;
+    }
+    match act {
+        Activation::None => {}
+        Activation::Relu => ys.iter_mut().for_each(|y| *y = y.max(0.0)),
+        Activation::Gelu => ys.iter_mut().for_each(|y| *y = act::gelu(*y)),
+    }
+    T::store(ys.get(..acc.len()).unwrap_or(&[]), q, out);
+}
+
+#[allow(clippy::too_many_arguments)]
 fn conv_i8<T: Store>(
     bytes: &[u8],
     k: &ConvKernel,
     x: &[u8],
     out: &mut [T],
     scratch: &mut [u8],
+    packed: &mut [i16],
     batch: usize,
     threads: usize,
 ) -> Result<()> {
@@ -163,21 +185,25 @@ fn conv_i8<T: Store>(
     let (og, cg) = (k.cout / groups, k.cin / groups);
     let in_group = cg * batch * k.win.in_plane();
     let plane = k.win.out_plane();
+    let small = || Error::Input("internal: scratch too small".into());
     for g in 0..groups {
         let dst = out.get_mut(g * og * ncols..(g + 1) * og * ncols).unwrap_or(&mut []);
         let xs = x.get(g * in_group..(g + 1) * in_group).unwrap_or(&[]);
-        let per = if k.is_pointwise() { batch.max(1) } else { images_per_chunk(kg, plane, batch) };
+        let per = images_per_chunk(kg, plane, batch);
         for b0 in (0..batch).step_by(per) {
             let nb = per.min(batch - b0);
             let width = nb * plane;
-            let src: &[u8] = if k.is_pointwise() {
-                x
+            let xp = packed.get_mut(..packed_len(kg, width)).ok_or_else(small)?;
+            if k.is_pointwise() {
+                // The input rows are the GEMM rows; pack this block of columns.
+                let rows = xs.get(..kg * batch * plane).unwrap_or(&[]);
+                pack_block(rows, kg, ncols, b0 * plane, width, xp);
             } else {
-                let cols =
-                    scratch.get_mut(..kg * width).ok_or_else(|| Error::Input("internal: scratch too small".into()))?;
+                let cols = scratch.get_mut(..kg * width).ok_or_else(small)?;
                 im2col_images(xs, cg, batch, b0..b0 + nb, &k.win, k.pad, cols);
-                cols
-            };
+                pack(cols, kg, width, xp);
+            }
+            let xp: &[i16] = xp;
             let col0 = b0 * plane;
             // Row blocks per task: a multiple of the kernel's 4-row block.
             let tasks = if threads > 1 && og >= 8 { threads } else { 1 };
@@ -186,14 +212,12 @@ fn conv_i8<T: Store>(
                 let r0 = g * og + t * rows_per;
                 let nr = chunk.len() / ncols.max(1);
                 let wr = weight.get(r0 * kg..(r0 + nr) * kg).unwrap_or(&[]);
-                qgemm(wr, src, nr, kg, width, |r, c0, acc| {
+                qgemm(wr, xp, nr, kg, width, |r, c0, acc| {
                     let o = r0 + r;
                     let (m, off) = (k.mult.get(o).copied().unwrap_or(0.0), k.offset.get(o).copied().unwrap_or(0.0));
                     let at = r * ncols + col0 + c0;
                     let row = chunk.get_mut(at..at + acc.len()).unwrap_or(&mut []);
-                    for (d, &a) in row.iter_mut().zip(acc) {
-                        *d = T::store(act::apply(k.act, a as f32 * m + off), k.out_quant);
-                    }
+                    requantize(acc, m, off, k.act, k.out_quant, row);
                 });
             };
             if tasks > 1 {
@@ -216,6 +240,7 @@ pub(crate) fn run_int8(
     output: usize,
     arena: &mut [u8],
     scratch: &mut [u8],
+    packed: &mut [i16],
     logits: &mut [f32],
     batch: usize,
     threads: usize,
@@ -231,9 +256,9 @@ pub(crate) fn run_int8(
         };
         match &step.kernel {
             Kernel::Conv(k) if k.out_quant.is_none() && i == output => {
-                conv_i8(bytes, k, a, logits, scratch, batch, threads)?
+                conv_i8(bytes, k, a, logits, scratch, packed, batch, threads)?
             }
-            Kernel::Conv(k) => conv_i8(bytes, k, a, out, scratch, batch, threads)?,
+            Kernel::Conv(k) => conv_i8(bytes, k, a, out, scratch, packed, batch, threads)?,
             Kernel::MaxPool { win, lut, .. } => {
                 pool::max_pool(a, c * batch, win, out);
                 lut_apply(out, lut);

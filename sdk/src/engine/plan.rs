@@ -24,6 +24,8 @@ pub(crate) struct Plan {
     pub arena_len: usize,
     /// im2col scratch length in elements.
     pub scratch_len: usize,
+    /// Packed int8 GEMM operand length in i16 elements.
+    pub packed_len: usize,
 }
 
 fn mul(a: usize, b: usize) -> Result<usize> {
@@ -91,17 +93,20 @@ impl Plan {
         };
         place(0, &mut live)?;
         let mut scratch_len = 0usize;
+        let mut packed_len = 0usize;
         for (pos, &i) in order.iter().enumerate() {
             place(i + 1, &mut live)?;
             live.retain(|&(_, _, v)| last_use.get(v).copied().unwrap_or(0) > pos + 1);
             if let Some(Step { kernel: Kernel::Conv(c), .. }) = steps.get(i) {
+                let per = super::exec::images_per_chunk(c.k(), c.win.out_plane(), capacity);
+                packed_len = packed_len.max(crate::kernels::qgemm::packed_len(c.k(), mul(c.win.out_plane(), per)?));
                 if !c.is_pointwise() {
                     let per = super::exec::images_per_chunk(c.k(), c.win.out_plane(), capacity);
                     scratch_len = scratch_len.max(mul(mul(c.k(), c.win.out_plane())?, per)?);
                 }
             }
         }
-        Ok(Self { capacity, offsets, sizes, order, arena_len, scratch_len })
+        Ok(Self { capacity, offsets, sizes, order, arena_len, scratch_len, packed_len })
     }
 
     /// The arena range of value `v` for a batch of `batch` images.

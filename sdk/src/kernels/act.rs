@@ -85,7 +85,7 @@ impl QuantParams {
     /// The nearest code of a real value (saturating).
     #[inline(always)]
     pub fn quantize(&self, x: f32) -> u8 {
-        let q = (x / self.scale).round() + f32::from(self.zero_point);
+        let q = (x / self.scale).round_ties_even() + f32::from(self.zero_point);
         q.clamp(0.0, 255.0) as u8
     }
 
