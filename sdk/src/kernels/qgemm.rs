@@ -82,11 +82,11 @@ fn avx2<F: FnMut(usize, usize, &[i32])>(w: &[i8], xp: &[i16], m: usize, k: usize
     let k2 = k.div_ceil(2);
     let panel_len = k2 * 2 * NR;
     let row = |r: usize| w.get(r * k..(r + 1) * k).unwrap_or(&[]);
-    let load = |pairs: &[i16]| {
-        debug_assert!(pairs.len() >= 2 * NR);
-        // SAFETY: every caller passes a chunk of chunks_exact(2 * NR): 32 i16, i.e. two
-        // 32-byte vectors; unaligned loads have no alignment requirement.
-        unsafe { (_mm256_loadu_si256(pairs.as_ptr().cast()), _mm256_loadu_si256(pairs.as_ptr().add(NR).cast())) }
+    let load = |pairs: &[i16]| match pairs.get(..2 * NR) {
+        // SAFETY: `p` holds exactly 32 i16, i.e. two 32-byte vectors; unaligned loads
+        // have no alignment requirement.
+        Some(p) => unsafe { (_mm256_loadu_si256(p.as_ptr().cast()), _mm256_loadu_si256(p.as_ptr().add(NR).cast())) },
+        None => (_mm256_setzero_si256(), _mm256_setzero_si256()),
     };
     let mut out = [0i32; NR];
     let mut emit = |r: usize, c0: usize, nc: usize, lo: __m256i, hi: __m256i, epi: &mut F| {
