@@ -52,6 +52,7 @@ pub struct Session {
     scratch_f32: Vec<f32>,
     scratch_u8: Vec<u8>,
     packed: Vec<i16>,
+    wbufs: Vec<i32>,
     logits: Vec<f32>,
     threads: usize,
     pool: Option<rayon::ThreadPool>,
@@ -122,6 +123,7 @@ impl Session {
         }
         let classes = model.classes();
         let cap = opts.max_batch;
+        let wbufs = if int8 { vec![0i32; plan.wbuf_len * threads] } else { Vec::new() };
         let (arena_f32, arena_u8, scratch_f32, scratch_u8, packed) = if int8 {
             (
                 Vec::new(),
@@ -142,6 +144,7 @@ impl Session {
             scratch_f32,
             scratch_u8,
             packed,
+            wbufs,
             threads,
             pool,
             pixel_f32,
@@ -364,10 +367,10 @@ impl Session {
         let classes = model.classes();
         let (arena_f32, scratch_f32) = (&mut self.arena_f32, &mut self.scratch_f32);
         let (arena_u8, scratch_u8, logits) = (&mut self.arena_u8, &mut self.scratch_u8, &mut self.logits);
-        let packed = &mut self.packed;
+        let (packed, wbufs) = (&mut self.packed, &mut self.wbufs);
         let mut work = || -> Result<()> {
             if int8 {
-                run_int8(bytes, &model.steps, plan, output, arena_u8, scratch_u8, packed, logits, n, threads)
+                run_int8(bytes, &model.steps, plan, output, arena_u8, scratch_u8, packed, wbufs, logits, n, threads)
             } else {
                 run_f32(bytes, &model.steps, plan, arena_f32, scratch_f32, n, threads, observe)
             }

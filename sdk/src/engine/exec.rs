@@ -7,7 +7,7 @@ use super::plan::{split_io, Plan};
 use super::program::{ConvKernel, Kernel, Step};
 use crate::artifact::{Activation, QuantParams};
 use crate::kernels::gemm_f32::{matmul, matmul_strided};
-use crate::kernels::qgemm::{pack, pack_block, packed_len, qgemm};
+use crate::kernels::qgemm::{pack, pack_block, packed_len, qgemm, wbuf_len};
 use crate::kernels::{act, im2col::im2col_images, pool};
 use crate::{Error, Result};
 
@@ -141,7 +141,7 @@ impl Store for u8 {
         let Some(q) = q else { return };
         let (inv, zp) = (1.0 / q.scale, f32::from(q.zero_point));
         for (o, &y) in out.iter_mut().zip(ys) {
-            *o = ((y * inv).round_ties_even() + zp).clamp(0.0, 255.0) as u8;
+            *o = act::code(y * inv + zp);
         }
     }
 }
@@ -153,9 +153,27 @@ impl Store for f32 {
     }
 }
 
-/// The int8 GEMM epilogue for one row block: `y = act(acc * m + off)`, stored.
+/// The int8 GEMM epilogue for one row block: `y = act(acc * m + off)`, stored; the
+/// AVX2 build when the CPU has it (the closure calling it is compiled for the baseline).
 #[inline(always)]
 fn requantize<T: Store>(acc: &[i32], m: f32, off: f32, act: Activation, q: Option<QuantParams>, out: &mut [T]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::has_avx2() {
+        // SAFETY: AVX2 and FMA were detected; the body is safe code.
+        unsafe { requantize_avx2(acc, m, off, act, q, out) };
+        return;
+    }
+    requantize_body(acc, m, off, act, q, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn requantize_avx2<T: Store>(acc: &[i32], m: f32, off: f32, act: Activation, q: Option<QuantParams>, out: &mut [T]) {
+    requantize_body(acc, m, off, act, q, out)
+}
+
+#[inline(always)]
+fn requantize_body<T: Store>(acc: &[i32], m: f32, off: f32, act: Activation, q: Option<QuantParams>, out: &mut [T]) {
     let mut ys = [0f32; crate::kernels::qgemm::NR];
     for (y, &a) in ys.iter_mut().zip(acc) {
         *y = a as f32 * m + off;
@@ -176,6 +194,7 @@ fn conv_i8<T: Store>(
     out: &mut [T],
     scratch: &mut [u8],
     packed: &mut [i16],
+    wbufs: &mut [i32],
     batch: usize,
     threads: usize,
 ) -> Result<()> {
@@ -208,11 +227,12 @@ fn conv_i8<T: Store>(
             // Row blocks per task: a multiple of the kernel's 4-row block.
             let tasks = if threads > 1 && og >= 8 { threads } else { 1 };
             let rows_per = og.div_ceil(tasks).next_multiple_of(4).max(4);
-            let run = |(t, chunk): (usize, &mut [T])| {
+            let wlen = wbuf_len(kg);
+            let run = |(t, (chunk, wbuf)): (usize, (&mut [T], &mut [i32]))| {
                 let r0 = g * og + t * rows_per;
                 let nr = chunk.len() / ncols.max(1);
                 let wr = weight.get(r0 * kg..(r0 + nr) * kg).unwrap_or(&[]);
-                qgemm(wr, xp, nr, kg, width, |r, c0, acc| {
+                qgemm(wr, xp, nr, kg, width, wbuf, |r, c0, acc| {
                     let o = r0 + r;
                     let (m, off) = (k.mult.get(o).copied().unwrap_or(0.0), k.offset.get(o).copied().unwrap_or(0.0));
                     let at = r * ncols + col0 + c0;
@@ -220,10 +240,11 @@ fn conv_i8<T: Store>(
                     requantize(acc, m, off, k.act, k.out_quant, row);
                 });
             };
+            let wbufs = wbufs.get_mut(..wlen * tasks).ok_or_else(small)?;
             if tasks > 1 {
-                dst.par_chunks_mut(rows_per * ncols).enumerate().for_each(run);
+                dst.par_chunks_mut(rows_per * ncols).zip(wbufs.par_chunks_mut(wlen.max(1))).enumerate().for_each(run);
             } else {
-                dst.chunks_mut((rows_per * ncols).max(1)).enumerate().for_each(run);
+                dst.chunks_mut((rows_per * ncols).max(1)).zip(wbufs.chunks_mut(wlen.max(1))).enumerate().for_each(run);
             }
         }
     }
@@ -241,6 +262,7 @@ pub(crate) fn run_int8(
     arena: &mut [u8],
     scratch: &mut [u8],
     packed: &mut [i16],
+    wbufs: &mut [i32],
     logits: &mut [f32],
     batch: usize,
     threads: usize,
@@ -256,9 +278,9 @@ pub(crate) fn run_int8(
         };
         match &step.kernel {
             Kernel::Conv(k) if k.out_quant.is_none() && i == output => {
-                conv_i8(bytes, k, a, logits, scratch, packed, batch, threads)?
+                conv_i8(bytes, k, a, logits, scratch, packed, wbufs, batch, threads)?
             }
-            Kernel::Conv(k) => conv_i8(bytes, k, a, out, scratch, packed, batch, threads)?,
+            Kernel::Conv(k) => conv_i8(bytes, k, a, out, scratch, packed, wbufs, batch, threads)?,
             Kernel::MaxPool { win, lut, .. } => {
                 pool::max_pool(a, c * batch, win, out);
                 lut_apply(out, lut);

@@ -26,6 +26,8 @@ pub(crate) struct Plan {
     pub scratch_len: usize,
     /// Packed int8 GEMM operand length in i16 elements.
     pub packed_len: usize,
+    /// Weight-pair scratch of one int8 GEMM task, in i32 elements.
+    pub wbuf_len: usize,
 }
 
 fn mul(a: usize, b: usize) -> Result<usize> {
@@ -94,11 +96,13 @@ impl Plan {
         place(0, &mut live)?;
         let mut scratch_len = 0usize;
         let mut packed_len = 0usize;
+        let mut wbuf_len = 0usize;
         for (pos, &i) in order.iter().enumerate() {
             place(i + 1, &mut live)?;
             live.retain(|&(_, _, v)| last_use.get(v).copied().unwrap_or(0) > pos + 1);
             if let Some(Step { kernel: Kernel::Conv(c), .. }) = steps.get(i) {
                 let per = super::exec::images_per_chunk(c.k(), c.win.out_plane(), capacity);
+                wbuf_len = wbuf_len.max(crate::kernels::qgemm::wbuf_len(c.k()));
                 packed_len = packed_len.max(crate::kernels::qgemm::packed_len(c.k(), mul(c.win.out_plane(), per)?));
                 if !c.is_pointwise() {
                     let per = super::exec::images_per_chunk(c.k(), c.win.out_plane(), capacity);
@@ -106,7 +110,7 @@ impl Plan {
                 }
             }
         }
-        Ok(Self { capacity, offsets, sizes, order, arena_len, scratch_len, packed_len })
+        Ok(Self { capacity, offsets, sizes, order, arena_len, scratch_len, packed_len, wbuf_len })
     }
 
     /// The arena range of value `v` for a batch of `batch` images.

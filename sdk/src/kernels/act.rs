@@ -82,11 +82,11 @@ impl QuantParams {
         self.scale * (f32::from(q) - f32::from(self.zero_point))
     }
 
-    /// The nearest code of a real value (saturating).
+    /// The nearest code of a real value (saturating; halves round up; NaN gives 0).
+    /// Clamp, add 0.5, truncate: no rounding call, so loops over it vectorize.
     #[inline(always)]
     pub fn quantize(&self, x: f32) -> u8 {
-        let q = (x / self.scale).round_ties_even() + f32::from(self.zero_point);
-        q.clamp(0.0, 255.0) as u8
+        code(x * (1.0 / self.scale) + f32::from(self.zero_point))
     }
 
     /// Parameters covering `[lo, hi]` (widened to include 0, so zero is exact).
@@ -97,6 +97,12 @@ impl QuantParams {
         let zero_point = (-lo / scale).round().clamp(0.0, 255.0) as u8;
         Self { scale, zero_point }
     }
+}
+
+/// The u8 code nearest to `v` (already in code units): clamp, then round half up.
+#[inline(always)]
+pub fn code(v: f32) -> u8 {
+    (v.clamp(0.0, 255.0) + 0.5) as u8
 }
 
 /// `lut[q] = out.quantize(act(factor * inp.dequantize(q)))`: any per-element map

@@ -6,6 +6,9 @@ use super::Window;
 
 /// Max pooling; padded cells are ignored.
 pub fn max_pool<T: Copy + PartialOrd>(x: &[T], planes: usize, win: &Window, out: &mut [T]) {
+    if win.padding == [0, 0] && win.kernel == win.stride && win.kernel == [2, 2] {
+        return max_pool_2x2(x, planes, win, out);
+    }
     let [oh, ow] = win.out_hw;
     let [kh, kw] = win.kernel;
     let iw = win.in_hw[1];
@@ -26,6 +29,23 @@ pub fn max_pool<T: Copy + PartialOrd>(x: &[T], planes: usize, win: &Window, out:
                 }
                 if let (Some(d), Some(b)) = (dst.get_mut(oy * ow + ox), best) {
                     *d = b;
+                }
+            }
+        }
+    }
+}
+
+/// The common 2x2, stride 2, unpadded case: no window bookkeeping per element.
+fn max_pool_2x2<T: Copy + PartialOrd>(x: &[T], planes: usize, win: &Window, out: &mut [T]) {
+    let max = |a: T, b: T| if b > a { b } else { a };
+    let [oh, ow] = win.out_hw;
+    let iw = win.in_hw[1];
+    for (src, dst) in x.chunks_exact(win.in_plane()).zip(out.chunks_exact_mut(win.out_plane())).take(planes) {
+        for (oy, drow) in dst.chunks_exact_mut(ow).enumerate().take(oh) {
+            let (r0, r1) = (src.get(2 * oy * iw..).unwrap_or(&[]), src.get((2 * oy + 1) * iw..).unwrap_or(&[]));
+            for ((d, a), b) in drow.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
+                if let ([a0, a1], [b0, b1]) = (a, b) {
+                    *d = max(max(*a0, *a1), max(*b0, *b1));
                 }
             }
         }
@@ -60,6 +80,27 @@ pub fn avg_pool<T: Copy + Into<f32>>(x: &[T], planes: usize, win: &Window, pad: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_2x2_fast_path_matches_the_general_one() {
+        // 31 -> 15 (the odd last row and column are dropped), two planes.
+        let win = Window { in_hw: [31, 31], out_hw: [15, 15], kernel: [2, 2], stride: [2, 2], padding: [0, 0] };
+        let x: Vec<f32> = (0..2 * 961).map(|v| ((v * 7919) % 1013) as f32).collect();
+        let mut fast = vec![0.0; 2 * 225];
+        max_pool(&x, 2, &win, &mut fast);
+        for p in 0..2 {
+            for oy in 0..15 {
+                for ox in 0..15 {
+                    let at = |y: usize, x2: usize| x[p * 961 + y * 31 + x2];
+                    let want = at(2 * oy, 2 * ox)
+                        .max(at(2 * oy, 2 * ox + 1))
+                        .max(at(2 * oy + 1, 2 * ox))
+                        .max(at(2 * oy + 1, 2 * ox + 1));
+                    assert_eq!(fast[p * 225 + oy * 15 + ox], want);
+                }
+            }
+        }
+    }
 
     #[test]
     fn pools_a_small_plane() {
