@@ -102,7 +102,8 @@ impl QuantParams {
 /// The u8 code nearest to `v` (already in code units): clamp, then round half up.
 #[inline(always)]
 pub fn code(v: f32) -> u8 {
-    (v.clamp(0.0, 255.0) + 0.5) as u8
+    // Via i32: the clamp already saturates, and f32 -> i32 -> u8 vectorizes.
+    (v.clamp(0.0, 255.0) + 0.5) as i32 as u8
 }
 
 /// `lut[q] = out.quantize(act(factor * inp.dequantize(q)))`: any per-element map
