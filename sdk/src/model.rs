@@ -16,7 +16,9 @@ pub struct ModelOptions {
     /// Which device runs the model.
     pub device: DevicePolicy,
     /// Threads per session (0: one per available core). Sessions with one thread start
-    /// no threads at all; an idle session's threads sleep.
+    /// no threads at all; an idle session's threads sleep. The default is 1: on the
+    /// 2-core machines we measure on, a second thread does not yet speed up these layer
+    /// sizes (BENCHMARKS.md); run one session per thread for throughput instead.
     pub threads: usize,
     /// Images per internal batch; larger batches are run in chunks of this size. Sets
     /// the session's memory: about `max_batch x` the model's largest activations.
@@ -25,7 +27,7 @@ pub struct ModelOptions {
 
 impl Default for ModelOptions {
     fn default() -> Self {
-        Self { device: DevicePolicy::Auto, threads: 0, max_batch: 64 }
+        Self { device: DevicePolicy::Auto, threads: 1, max_batch: 64 }
     }
 }
 

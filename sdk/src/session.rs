@@ -109,10 +109,7 @@ impl Session {
         let iq = model.metadata().graph.input_quant;
         let mut pixel_f32 = [[0f32; 256]; 3];
         let mut pixel_u8 = [[0u8; 256]; 3];
-        for (c, ((lf, lq), (scale, shift))) in
-            pixel_f32.iter_mut().zip(pixel_u8.iter_mut()).zip(norm.affine()).enumerate()
-        {
-            let _ = c;
+        for ((lf, lq), (scale, shift)) in pixel_f32.iter_mut().zip(pixel_u8.iter_mut()).zip(norm.affine()) {
             for p in 0..256usize {
                 let v = p as f32 * scale + shift;
                 if let (Some(f), Some(q)) = (lf.get_mut(p), lq.get_mut(p)) {

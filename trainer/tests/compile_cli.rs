@@ -71,6 +71,15 @@ fn train_and_compile(root: &Path, overrides: &[&str], name: &str) {
 }
 
 #[test]
+fn compile_refuses_what_is_not_a_run() {
+    let tmp = tempdir();
+    let root = tmp.path();
+    fails_with(run(root, &["compile", "--run", "nowhere"]), &["nowhere", "not a run directory"]);
+    fails_with(run(root, &["classify", "missing.cifar", "x.png"]), &["missing.cifar"]);
+    fails_with(run(root, &["compile", "--run", "x", "--precision", "int4"]), &["int4"]);
+}
+
+#[test]
 fn airbench_compiles_to_f32_and_int8() {
     let tmp = tempdir();
     train_and_compile(tmp.path(), &[], "airbench");

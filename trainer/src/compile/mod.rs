@@ -53,17 +53,35 @@ pub struct CompileReport {
 }
 
 fn sdk_options() -> ModelOptions {
-    ModelOptions { device: cifar_sdk::DevicePolicy::Cpu, threads: 0, max_batch: 256 }
+    ModelOptions { device: cifar_sdk::DevicePolicy::Cpu, threads: 1, max_batch: 64 }
 }
 
-/// Logits of `indices` of `split` through an SDK model.
+/// Logits of `indices` of `split` through an SDK model: one session per core, each on
+/// its share of the images (the model is shared).
 pub fn sdk_logits(model: &Arc<Model>, split: &Split, indices: &[u32]) -> Result<Vec<f32>> {
-    let mut s = model.session()?;
-    let mut pixels = Vec::with_capacity(indices.len() * 3072);
-    for &i in indices {
-        pixels.extend_from_slice(&split.images[i as usize * 3072..(i as usize + 1) * 3072]);
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let per = indices.len().div_ceil(workers).max(1);
+    let parts: Vec<Result<Vec<f32>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = indices
+            .chunks(per)
+            .map(|part| {
+                scope.spawn(move || -> Result<Vec<f32>> {
+                    let mut s = model.session()?;
+                    let mut pixels = Vec::with_capacity(part.len() * 3072);
+                    for &i in part {
+                        pixels.extend_from_slice(&split.images[i as usize * 3072..(i as usize + 1) * 3072]);
+                    }
+                    Ok(s.logits_rgb8(&pixels, part.len())?)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a worker panicked")))).collect()
+    });
+    let mut out = Vec::with_capacity(indices.len() * model.classes());
+    for p in parts {
+        out.extend(p?);
     }
-    Ok(s.logits_rgb8(&pixels, indices.len())?)
+    Ok(out)
 }
 
 fn accuracy(logits: &[f32], classes: usize, split: &Split, indices: &[u32]) -> f64 {
