@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what the build and tests need on a fresh Debian machine with Rust:
-# nothing beyond the Rust toolchain today; fonts for the plots' labels if missing.
+# Installs what the build and tests need on a fresh Debian machine with Rust: a C/C++
+# compiler, pkg-config and valgrind (the C ABI's tests), python3-venv (the Python
+# bindings' tests), fonts for the plots' labels.
 # Sourced by scripts/main.sh and scripts/test.sh.
 set -euo pipefail
 if ! command -v cargo >/dev/null 2>&1; then
@@ -9,12 +10,16 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 need=()
 command -v cc >/dev/null 2>&1 || need+=(gcc)
+command -v c++ >/dev/null 2>&1 || need+=(g++)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
+command -v python3 >/dev/null 2>&1 || need+=(python3 python3-venv)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${need[*]}" >&2
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   else
-    echo "warning: missing ${need[*]} (plots will have no labels without fonts)" >&2
+    echo "warning: missing ${need[*]} (not root or no apt-get): the binding tests need them" >&2
   fi
 fi

@@ -20,3 +20,5 @@ cargo test --release --locked --workspace
 # The SDK once more in the dev profile: debug assertions and integer overflow checks
 # on, so the malformed-file and fuzz tests also catch arithmetic slips.
 cargo test --locked -p cifar-sdk
+# The C ABI: libraries, symbol list, C/C++/Python tests (valgrind, static + shared).
+scripts/test-bindings.sh
