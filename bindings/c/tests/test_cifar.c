@@ -260,26 +260,26 @@ static void test_panic_boundary(void) {
   cifar_model_free(m);
 }
 
-/* 8 threads share one model, each with its own session. */
+/* 8 threads share one model, each with its own session. The sessions are created
+ * first and the model handle is freed while the threads run: sessions keep it alive. */
 enum { THREADS = 8, TB = 4, TIMG = 32 * 32 * 3 };
 static unsigned char thread_px[TB * TIMG];
 static float reference[TB * 10];
 
 struct worker {
-  cifar_model *model;
+  cifar_session *session;
   int ok;
 };
 
 static void *worker_main(void *arg) {
   struct worker *w = arg;
-  cifar_session *s = NULL;
-  w->ok = cifar_session_new(w->model, &s) == CIFAR_STATUS_OK;
+  w->ok = 1;
   for (int i = 0; i < 5 && w->ok; i++) {
     float out[TB * 10];
-    w->ok = cifar_logits_rgb8(s, thread_px, sizeof thread_px, TB, out, TB * 10) == CIFAR_STATUS_OK &&
+    w->ok = cifar_logits_rgb8(w->session, thread_px, sizeof thread_px, TB, out, TB * 10) == CIFAR_STATUS_OK &&
             memcmp(out, reference, sizeof out) == 0;
   }
-  cifar_session_free(s);
+  cifar_session_free(w->session);
   return NULL;
 }
 
@@ -295,15 +295,16 @@ static void test_threads(void) {
     pthread_t t[THREADS];
     struct worker w[THREADS];
     for (int i = 0; i < THREADS; i++) {
-      w[i].model = m;
       w[i].ok = 0;
-      CHECK(pthread_create(&t[i], NULL, worker_main, &w[i]) == 0);
+      w[i].session = NULL;
+      CHECK_STATUS(cifar_session_new(m, &w[i].session), CIFAR_STATUS_OK);
     }
+    for (int i = 0; i < THREADS; i++) CHECK(pthread_create(&t[i], NULL, worker_main, &w[i]) == 0);
+    cifar_model_free(m); /* while the sessions run */
     for (int i = 0; i < THREADS; i++) {
       pthread_join(t[i], NULL);
       CHECK(w[i].ok);
     }
-    cifar_model_free(m);
   }
 }
 
