@@ -93,6 +93,29 @@ pub struct cifar_prediction {
 
 static VERSION: &std::ffi::CStr = c"0.1.0";
 
+/// Drops a handle created by `Box::into_raw` (NULL is ignored), catching any panic.
+///
+/// # Safety
+/// `ptr` must be NULL or come from `Box::into_raw` of a `T`, and not be used afterwards.
+unsafe fn free_handle<T>(ptr: *mut T) {
+    if !ptr.is_null() {
+        // SAFETY: created by Box::into_raw and freed once (the caller's contract).
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(unsafe { Box::from_raw(ptr) })));
+    }
+}
+
+/// The options behind `ptr`, or the defaults for NULL.
+///
+/// # Safety
+/// `ptr` must be NULL or a valid `cifar_options`.
+unsafe fn options_or_default(ptr: *const cifar_options) -> Result<ModelOptions, Fail> {
+    if ptr.is_null() {
+        return Ok(ModelOptions::default());
+    }
+    // SAFETY: non-NULL and valid (the caller's contract).
+    Ok(unsafe { handle(ptr, "options")? }.options.clone())
+}
+
 /// The library version, e.g. "0.1.0" (a static string).
 #[no_mangle]
 pub extern "C" fn cifar_version() -> *const c_char {
@@ -127,10 +150,8 @@ pub unsafe extern "C" fn cifar_options_new(out: *mut *mut cifar_options) -> cifa
 /// `options` must be NULL or come from `cifar_options_new`, and not be used afterwards.
 #[no_mangle]
 pub unsafe extern "C" fn cifar_options_free(options: *mut cifar_options) {
-    if !options.is_null() {
-        // SAFETY: created by Box::into_raw in cifar_options_new, freed once (contract).
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(unsafe { Box::from_raw(options) })));
-    }
+    // SAFETY: forwarded contract: NULL or from this library's constructor, freed once.
+    unsafe { free_handle(options) }
 }
 
 /// Sets the device policy: "auto", "cpu", "gpu" or "gpu-or-cpu".
@@ -206,12 +227,8 @@ pub unsafe extern "C" fn cifar_model_open(
     ffi_guard!({
         // SAFETY: pointers checked by the helpers, validity by contract.
         let path = unsafe { string(path, "path")? };
-        let opts = if options.is_null() {
-            ModelOptions::default()
-        } else {
-            // SAFETY: non-NULL, valid by contract.
-            unsafe { handle(options, "options")? }.options.clone()
-        };
+        // SAFETY: NULL or valid by contract.
+        let opts = unsafe { options_or_default(options)? };
         if out.is_null() {
             return Err(Fail::new(CIFAR_STATUS_NULL_POINTER, "out is NULL"));
         }
@@ -237,12 +254,8 @@ pub unsafe extern "C" fn cifar_model_open_buffer(
     ffi_guard!({
         // SAFETY: checked by the helper, validity by contract.
         let bytes = unsafe { slice(data, len, "data")? };
-        let opts = if options.is_null() {
-            ModelOptions::default()
-        } else {
-            // SAFETY: non-NULL, valid by contract.
-            unsafe { handle(options, "options")? }.options.clone()
-        };
+        // SAFETY: NULL or valid by contract.
+        let opts = unsafe { options_or_default(options)? };
         if out.is_null() {
             return Err(Fail::new(CIFAR_STATUS_NULL_POINTER, "out is NULL"));
         }
@@ -258,10 +271,8 @@ pub unsafe extern "C" fn cifar_model_open_buffer(
 /// `model` must be NULL or come from `cifar_model_open*`, and not be used afterwards.
 #[no_mangle]
 pub unsafe extern "C" fn cifar_model_free(model: *mut cifar_model) {
-    if !model.is_null() {
-        // SAFETY: created by Box::into_raw in cifar_model_open*, freed once (contract).
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(unsafe { Box::from_raw(model) })));
-    }
+    // SAFETY: forwarded contract: NULL or from this library's constructor, freed once.
+    unsafe { free_handle(model) }
 }
 
 /// Number of classes.
@@ -376,10 +387,8 @@ pub unsafe extern "C" fn cifar_session_new(model: *const cifar_model, out: *mut 
 /// `session` must be NULL or come from `cifar_session_new`, and not be used afterwards.
 #[no_mangle]
 pub unsafe extern "C" fn cifar_session_free(session: *mut cifar_session) {
-    if !session.is_null() {
-        // SAFETY: created by Box::into_raw in cifar_session_new, freed once (contract).
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(unsafe { Box::from_raw(session) })));
-    }
+    // SAFETY: forwarded contract: NULL or from this library's constructor, freed once.
+    unsafe { free_handle(session) }
 }
 
 fn expect_len(what: &str, got: usize, want: Option<usize>) -> Result<(), Fail> {
