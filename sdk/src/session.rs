@@ -83,6 +83,31 @@ enum Input<'a> {
     Rgb8(&'a [u8]),
 }
 
+/// `n` NCHW images (`image` values each, planes of `hw`) into the CNHW arena, each value
+/// through `convert`.
+fn load_nchw<T>(x: &[f32], image: usize, hw: usize, n: usize, dst: &mut [T], convert: impl Fn(f32) -> T) {
+    for (b, img) in x.chunks_exact(image.max(1)).enumerate() {
+        for (ch, plane) in img.chunks_exact(hw.max(1)).enumerate() {
+            if let Some(d) = dst.get_mut((ch * n + b) * hw..(ch * n + b + 1) * hw) {
+                d.iter_mut().zip(plane).for_each(|(d, &v)| *d = convert(v));
+            }
+        }
+    }
+}
+
+/// `n` RGB8 images (`[H*W][3]` bytes each) into the CNHW arena through per-channel tables.
+fn load_rgb8<T: Copy>(x: &[u8], hw: usize, n: usize, luts: &[[T; 256]; 3], dst: &mut [T]) {
+    for (b, img) in x.chunks_exact((hw * 3).max(1)).enumerate() {
+        for (p, px) in img.chunks_exact(3).enumerate() {
+            for (ch, (&v, lut)) in px.iter().zip(luts).enumerate() {
+                if let (Some(d), Some(&q)) = (dst.get_mut((ch * n + b) * hw + p), lut.get(usize::from(v))) {
+                    *d = q;
+                }
+            }
+        }
+    }
+}
+
 impl Session {
     pub(crate) fn new(model: Arc<Model>) -> Result<Self> {
         let opts = model.options().clone();
@@ -309,52 +334,19 @@ impl Session {
         let int8 = self.model.precision() == Precision::Int8;
         let iq = self.model.metadata().graph.input_quant;
         let in_range = self.plan.range(0, n);
-        // Source index of element (image b, channel ch, pixel p) and the writer.
         match (input, int8) {
             (Input::Nchw(x), false) => {
-                let dst = self.arena_f32.get_mut(in_range).unwrap_or(&mut []);
-                for (b, img) in x.chunks_exact(c * hw).enumerate() {
-                    for (ch, plane) in img.chunks_exact(hw).enumerate() {
-                        if let Some(d) = dst.get_mut((ch * n + b) * hw..(ch * n + b + 1) * hw) {
-                            d.copy_from_slice(plane);
-                        }
-                    }
-                }
+                load_nchw(x, c * hw, hw, n, self.arena_f32.get_mut(in_range).unwrap_or(&mut []), |v| v)
             }
             (Input::Nchw(x), true) => {
                 let q = iq.ok_or_else(|| Error::Input("int8 model without input quantization".into()))?;
-                let dst = self.arena_u8.get_mut(in_range).unwrap_or(&mut []);
-                for (b, img) in x.chunks_exact(c * hw).enumerate() {
-                    for (ch, plane) in img.chunks_exact(hw).enumerate() {
-                        if let Some(d) = dst.get_mut((ch * n + b) * hw..(ch * n + b + 1) * hw) {
-                            d.iter_mut().zip(plane).for_each(|(d, &v)| *d = q.quantize(v));
-                        }
-                    }
-                }
+                load_nchw(x, c * hw, hw, n, self.arena_u8.get_mut(in_range).unwrap_or(&mut []), |v| q.quantize(v))
             }
             (Input::Rgb8(x), false) => {
-                let dst = self.arena_f32.get_mut(in_range).unwrap_or(&mut []);
-                for (b, img) in x.chunks_exact(hw * 3).enumerate() {
-                    for (p, px) in img.chunks_exact(3).enumerate() {
-                        for (ch, (&v, lut)) in px.iter().zip(&self.pixel_f32).enumerate() {
-                            if let (Some(d), Some(&f)) = (dst.get_mut((ch * n + b) * hw + p), lut.get(usize::from(v))) {
-                                *d = f;
-                            }
-                        }
-                    }
-                }
+                load_rgb8(x, hw, n, &self.pixel_f32, self.arena_f32.get_mut(in_range).unwrap_or(&mut []))
             }
             (Input::Rgb8(x), true) => {
-                let dst = self.arena_u8.get_mut(in_range).unwrap_or(&mut []);
-                for (b, img) in x.chunks_exact(hw * 3).enumerate() {
-                    for (p, px) in img.chunks_exact(3).enumerate() {
-                        for (ch, (&v, lut)) in px.iter().zip(&self.pixel_u8).enumerate() {
-                            if let (Some(d), Some(&q)) = (dst.get_mut((ch * n + b) * hw + p), lut.get(usize::from(v))) {
-                                *d = q;
-                            }
-                        }
-                    }
-                }
+                load_rgb8(x, hw, n, &self.pixel_u8, self.arena_u8.get_mut(in_range).unwrap_or(&mut []))
             }
         }
         let model = &self.model;
