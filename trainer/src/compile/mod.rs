@@ -93,12 +93,17 @@ fn accuracy(logits: &[f32], classes: usize, split: &Split, indices: &[u32]) -> f
     correct as f64 / indices.len().max(1) as f64
 }
 
-/// The drift reference: input features and output distribution on `indices`.
-pub fn drift_reference(model: &Arc<Model>, split: &Split, indices: &[u32], source: String) -> Result<DriftReference> {
+/// The drift reference: input features of `indices` and the output distribution of the
+/// compiled model, whose logits on those images (`classes` per image) are given.
+pub fn drift_reference(
+    split: &Split,
+    indices: &[u32],
+    logits: &[f32],
+    classes: usize,
+    source: String,
+) -> DriftReference {
     let mut features: std::collections::BTreeMap<String, Histogram> =
         FEATURE_NAMES.iter().map(|n| (n.to_string(), feature_histogram(n))).collect();
-    let logits = sdk_logits(model, split, indices)?;
-    let classes = model.classes();
     let mut predicted = vec![0u64; classes];
     let mut confidence = Histogram::uniform(0.0, 1.0, 20);
     for (&i, row) in indices.iter().zip(logits.chunks_exact(classes)) {
@@ -113,7 +118,7 @@ pub fn drift_reference(model: &Arc<Model>, split: &Split, indices: &[u32], sourc
         predicted[top] += 1;
         confidence.add(p[top]);
     }
-    Ok(DriftReference { images: indices.len() as u64, source, features, predicted_classes: predicted, confidence })
+    DriftReference { images: indices.len() as u64, source, features, predicted_classes: predicted, confidence }
 }
 
 /// Compiles a run; returns the report (also printed and saved in the run directory).
@@ -197,8 +202,9 @@ pub fn compile(opts: &CompileOptions) -> Result<CompileReport> {
         checked_images: checked,
         checksum: String::new(),
     };
-    let (mut writer, model) = match opts.precision {
-        Precision::F32 => (quant::f32_writer(&float, meta.clone()), f32_model),
+    // The compiled file's validation logits: accuracy and the drift reference use them.
+    let (mut writer, compiled_logits) = match opts.precision {
+        Precision::F32 => (quant::f32_writer(&float, meta.clone()), f32_logits),
         Precision::Int8 => {
             // Calibration images spread over the training split.
             let train = &data.train_idx;
@@ -208,26 +214,27 @@ pub fn compile(opts: &CompileOptions) -> Result<CompileReport> {
             eprintln!("calibrating on {} training images", calib.len());
             let cal = quant::calibrate(&f32_model, split, &calib)?;
             let iq = quant::input_quant(&meta.preprocessing.normalization);
-            let mut best: Option<(f64, quant::Method, cifar_sdk::artifact::ArtifactWriter, Arc<Model>)> = None;
+            let mut best: Option<(f64, quant::Method, cifar_sdk::artifact::ArtifactWriter, Vec<f32>)> = None;
             for method in [quant::Method::MinMax, quant::Method::Percentile] {
                 let w = quant::int8_writer(&float, iq, &quant::activation_quant(&cal, method), meta.clone());
                 let m = Model::from_bytes(&w.to_bytes()?, &sdk_options())?;
-                let acc = accuracy(&sdk_logits(&m, split, val)?, classes, split, val);
+                let logits = sdk_logits(&m, split, val)?;
+                let acc = accuracy(&logits, classes, split, val);
                 eprintln!("int8 ({}): validation accuracy {:.2}%", method.name(), 100.0 * acc);
                 match method {
                     quant::Method::MinMax => report.int8_minmax_accuracy = Some(acc),
                     quant::Method::Percentile => report.int8_percentile_accuracy = Some(acc),
                 }
                 if best.as_ref().is_none_or(|b| acc > b.0) {
-                    best = Some((acc, method, w, m));
+                    best = Some((acc, method, w, logits));
                 }
             }
-            let (acc, method, w, m) = best.context("no calibration method ran")?;
+            let (acc, method, w, logits) = best.context("no calibration method ran")?;
             report.compiled_accuracy = acc;
             report.calibration = method.name().into();
             meta.quality.calibration = method.name().into();
             meta.quality.calibration_images = calib.len();
-            (w, m)
+            (w, logits)
         }
     };
     writer.metadata.quality = Quality {
@@ -237,7 +244,8 @@ pub fn compile(opts: &CompileOptions) -> Result<CompileReport> {
         calibration: meta.quality.calibration.clone(),
         calibration_images: meta.quality.calibration_images,
     };
-    writer.metadata.drift = Some(drift_reference(&model, split, val, format!("validation split of dataset {digest}"))?);
+    let source = format!("validation split of dataset {digest}");
+    writer.metadata.drift = Some(drift_reference(split, val, &compiled_logits, classes, source));
     let out = opts.output.clone().unwrap_or_else(|| run.file(&format!("model-{}.cifar", opts.precision)));
     let bytes = writer.to_bytes()?;
     cifar_sdk::write_atomic(&out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
