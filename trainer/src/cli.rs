@@ -83,9 +83,13 @@ enum DataCommand {
         /// The dataset directory.
         #[arg(default_value = "data/cifar10")]
         dir: PathBuf,
-        /// Where to write the images.
-        #[arg(long, short)]
-        out: PathBuf,
+        /// Where to write the images, one PNG file each.
+        #[arg(long, short, required_unless_present = "sheet")]
+        out: Option<PathBuf>,
+        /// Also write all the images into this one PNG, a grid 20 images wide in
+        /// validation order (a compact fixture: `cifar-serve`'s drift test reads it).
+        #[arg(long, value_name = "FILE")]
+        sheet: Option<PathBuf>,
         /// Images per class (the first ones of the validation split).
         #[arg(long, default_value_t = 1)]
         per_class: usize,
@@ -202,11 +206,22 @@ fn print_dataset(ds: &Dataset, dir: &Path) {
     println!("  validation  {} images held out of train (seed {})", m.validation.size, m.validation.seed);
 }
 
-fn export_images(dir: &Path, out: &Path, per_class: usize) -> Result<()> {
+/// Images per row of `data export --sheet`.
+const SHEET_COLUMNS: u32 = 20;
+
+fn png_bytes(img: &image::RgbImage) -> Result<Vec<u8>> {
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+    Ok(png)
+}
+
+fn export_images(dir: &Path, out: Option<&Path>, sheet: Option<&Path>, per_class: usize) -> Result<()> {
     let ds = Dataset::load(dir)?;
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    if let Some(out) = out {
+        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    }
     let mut taken = vec![0usize; ds.manifest.classes.len()];
-    let mut written = 0;
+    let mut chosen = Vec::new();
     for &i in &ds.val_indices {
         let label = ds.train.labels[i as usize] as usize;
         if taken[label] >= per_class {
@@ -215,19 +230,33 @@ fn export_images(dir: &Path, out: &Path, per_class: usize) -> Result<()> {
         taken[label] += 1;
         let px = ds.train.images[i as usize * 3072..(i as usize + 1) * 3072].to_vec();
         let img = image::RgbImage::from_raw(32, 32, px).context("bad image buffer")?;
-        let path = out.join(format!("{i:05}-{}.png", ds.manifest.classes[label]));
-        let mut png = Vec::new();
-        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
-        cifar_sdk::write_atomic(&path, &png)?;
-        written += 1;
+        if let Some(out) = out {
+            let path = out.join(format!("{i:05}-{}.png", ds.manifest.classes[label]));
+            cifar_sdk::write_atomic(&path, &png_bytes(&img)?)?;
+        }
+        chosen.push(img);
     }
-    println!("wrote {written} images to {}", out.display());
+    if let Some(out) = out {
+        println!("wrote {} images to {}", chosen.len(), out.display());
+    }
+    if let Some(sheet_path) = sheet {
+        let rows = (chosen.len() as u32).div_ceil(SHEET_COLUMNS);
+        let mut sheet = image::RgbImage::new(SHEET_COLUMNS * 32, rows * 32);
+        for (k, img) in chosen.iter().enumerate() {
+            let (x, y) = ((k as u32 % SHEET_COLUMNS) * 32, (k as u32 / SHEET_COLUMNS) * 32);
+            image::imageops::replace(&mut sheet, img, i64::from(x), i64::from(y));
+        }
+        cifar_sdk::write_atomic(sheet_path, &png_bytes(&sheet)?)?;
+        println!("wrote a sheet of {} images ({SHEET_COLUMNS} per row) to {}", chosen.len(), sheet_path.display());
+    }
     Ok(())
 }
 
 fn data_command(cmd: DataCommand, quiet: bool) -> Result<()> {
     match cmd {
-        DataCommand::Export { dir, out, per_class } => export_images(&dir, &out, per_class),
+        DataCommand::Export { dir, out, sheet, per_class } => {
+            export_images(&dir, out.as_deref(), sheet.as_deref(), per_class)
+        }
         DataCommand::Import { source, out } => {
             if out.out.exists() && !out.force {
                 bail!("{} already exists (pass --force to replace it)", out.out.display());

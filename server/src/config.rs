@@ -1,0 +1,127 @@
+//! Command-line flags of `cifar-serve`. Every flag can also be set through an environment
+//! variable (`CIFAR_SERVE_<FLAG>`), which is how container deployments configure it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// cifar-serve: serves a compiled `.cifar` classifier over HTTP.
+///
+/// Endpoints: the Open Inference Protocol v2 (`/v2/...`, with the binary tensor data and
+/// classification extensions, and the model repository `load` call), `POST /v1/classify`
+/// for image files, a web page at `/`, Prometheus metrics at `/metrics` and the input
+/// drift report at `/v1/drift`.
+///
+/// Signals: SIGHUP reloads the model file (validated first; a bad file is rejected and the
+/// old model keeps serving); SIGTERM and Ctrl-C stop accepting connections and finish the
+/// requests in flight before exiting.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "cifar-serve", version, about, long_about)]
+pub struct Config {
+    /// The compiled model file (`trainer compile` writes it).
+    #[arg(long, env = "CIFAR_SERVE_MODEL", value_name = "FILE")]
+    pub model: PathBuf,
+
+    /// Name the model is served under (`/v2/models/{name}`). Default: the file name
+    /// without its extension.
+    #[arg(long, env = "CIFAR_SERVE_MODEL_NAME", value_name = "NAME")]
+    pub model_name: Option<String>,
+
+    /// Address to listen on. Port 0 picks a free port; the chosen address is logged and,
+    /// with `--ready-file`, written to that file.
+    #[arg(long, env = "CIFAR_SERVE_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+
+    /// Once listening, write the bound address (e.g. `127.0.0.1:43117`) to this file
+    /// (written atomically). Lets scripts and tests use `--addr 127.0.0.1:0`.
+    #[arg(long, env = "CIFAR_SERVE_READY_FILE", value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+
+    /// Device policy: `auto` (GPU when usable, else CPU, saying why), `cpu`, `gpu` (fail
+    /// without a usable GPU) or `gpu-or-cpu`.
+    #[arg(long, env = "CIFAR_SERVE_DEVICE", default_value = "auto")]
+    pub device: cifar_sdk::DevicePolicy,
+
+    /// Inference worker threads, each with its own session. 0: one per core.
+    #[arg(long, env = "CIFAR_SERVE_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+
+    /// Most images a worker runs in one batch. Requests that arrive while the workers
+    /// are busy are merged into batches up to this size.
+    #[arg(long, env = "CIFAR_SERVE_MAX_BATCH", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_batch: u32,
+
+    /// How long a worker that has fewer than `--max-batch` images waits for more requests
+    /// before running, in microseconds. 0 runs at once with whatever is queued: the best
+    /// latency on an idle server; batches still form under load.
+    #[arg(long, env = "CIFAR_SERVE_MAX_QUEUE_DELAY_US", default_value_t = 0)]
+    pub max_queue_delay_us: u64,
+
+    /// Most requests waiting for a worker. Beyond it, requests get 503 with Retry-After.
+    #[arg(long, env = "CIFAR_SERVE_MAX_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_queue: u32,
+
+    /// Largest request body, in bytes.
+    #[arg(long, env = "CIFAR_SERVE_MAX_BODY_BYTES", default_value_t = 32 << 20)]
+    pub max_body_bytes: usize,
+
+    /// Most images in one request.
+    #[arg(long, env = "CIFAR_SERVE_MAX_IMAGES", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_images: u32,
+
+    /// A request that takes longer than this (queue and compute), in milliseconds, gets
+    /// 503 and its work is dropped.
+    #[arg(long, env = "CIFAR_SERVE_REQUEST_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_ms: u64,
+
+    /// Images in the sliding window that drift is measured over.
+    #[arg(long, env = "CIFAR_SERVE_DRIFT_WINDOW", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(10..))]
+    pub drift_window: u32,
+
+    /// Drift alarm threshold on the drift score (the largest PSI over the input features
+    /// and the confidence; 0.25 is the usual "significant shift" level).
+    #[arg(long, env = "CIFAR_SERVE_DRIFT_THRESHOLD", default_value_t = 0.25)]
+    pub drift_threshold: f64,
+
+    /// Drift alarm threshold on the Jensen-Shannon divergence (bits, 0..1) between the
+    /// predicted-class distribution of the window and of the reference.
+    #[arg(long, env = "CIFAR_SERVE_DRIFT_CLASS_THRESHOLD", default_value_t = 0.1)]
+    pub drift_class_threshold: f64,
+
+    /// Images the window must hold before drift is judged.
+    #[arg(long, env = "CIFAR_SERVE_DRIFT_MIN_IMAGES", default_value_t = 200)]
+    pub drift_min_images: u32,
+
+    /// Log format: `text` for people, `json` for log collectors. The level comes from
+    /// `RUST_LOG` (default `info`).
+    #[arg(long, env = "CIFAR_SERVE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
+    /// Seconds to wait for in-flight requests on shutdown before exiting anyway.
+    #[arg(long, env = "CIFAR_SERVE_SHUTDOWN_GRACE_S", default_value_t = 30)]
+    pub shutdown_grace_s: u64,
+}
+
+impl Config {
+    /// The name the model is served under.
+    pub fn served_name(&self) -> String {
+        self.model_name.clone().unwrap_or_else(|| {
+            self.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
+        })
+    }
+
+    /// Worker threads after resolving 0.
+    pub fn worker_threads(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n,
+        }
+    }
+
+    /// `--request-timeout-ms` as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}

@@ -1,0 +1,171 @@
+//! `cifar-serve`, the reference HTTP server for compiled `.cifar` classifiers.
+//!
+//! - [`config`]: the command line.
+//! - [`repository`]: the served model and its atomic reload.
+//! - [`batcher`]: the bounded queue and the inference workers (dynamic batching).
+//! - [`oip`]: the Open Inference Protocol v2 wire format.
+//! - [`infer`] and [`routes`]: the HTTP endpoints.
+//! - [`telemetry`] and [`drift`]: Prometheus metrics and input drift monitoring.
+
+pub mod batcher;
+pub mod config;
+pub mod drift;
+pub mod error;
+pub mod infer;
+pub mod oip;
+pub mod repository;
+pub mod routes;
+pub mod telemetry;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use cifar_sdk::ModelOptions;
+
+use crate::batcher::{BatchPolicy, Batcher};
+use crate::config::Config;
+use crate::drift::DriftConfig;
+use crate::repository::{Repository, ServedModel};
+use crate::telemetry::Telemetry;
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// The command line.
+    pub config: Config,
+    /// The served model.
+    pub repository: Repository,
+    /// The queue and workers.
+    pub batcher: Batcher,
+    /// Metrics and drift.
+    pub telemetry: Arc<Telemetry>,
+    /// Set once shutdown has begun (readiness turns 503).
+    pub shutting_down: AtomicBool,
+}
+
+/// The handlers' state.
+pub type AppState = Arc<Shared>;
+
+/// Reloads the model file and records the outcome (`trigger` is `http` or `sighup`).
+pub async fn reload(state: &AppState, trigger: &str) -> Result<Arc<ServedModel>, String> {
+    match state.repository.reload().await {
+        Ok(model) => {
+            state.telemetry.record_reload(true);
+            state.telemetry.set_model(&model);
+            state.telemetry.drift.reset(&model);
+            tracing::info!(trigger, model = %model.name, version = model.version, digest = %model.digest, "model reloaded");
+            Ok(model)
+        }
+        Err(e) => {
+            state.telemetry.record_reload(false);
+            tracing::error!(trigger, error = %e, "model reload rejected; the previous model keeps serving");
+            Err(e)
+        }
+    }
+}
+
+/// Opens the model, starts the workers, listens, and serves until SIGTERM or Ctrl-C.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let options = ModelOptions { device: config.device, threads: 1, max_batch: config.max_batch as usize };
+    let repository = Repository::open(config.model.clone(), config.served_name(), options)
+        .with_context(|| format!("cannot serve {}", config.model.display()))?;
+    let model = repository.current();
+    tracing::info!(
+        model = %model.name,
+        file = %config.model.display(),
+        precision = %model.model.precision(),
+        device = %model.model.device(),
+        device_reason = %model.model.device_reason(),
+        digest = %model.digest,
+        classes = model.model.classes(),
+        "model loaded"
+    );
+    let telemetry = Arc::new(Telemetry::new(DriftConfig {
+        window: config.drift_window as usize,
+        threshold: config.drift_threshold,
+        class_threshold: config.drift_class_threshold,
+        min_images: config.drift_min_images as usize,
+    }));
+    telemetry.set_model(&model);
+    telemetry.set_drift(&telemetry.drift.report());
+    let workers = config.worker_threads();
+    let policy = BatchPolicy {
+        max_batch: config.max_batch as usize,
+        max_queue_delay: Duration::from_micros(config.max_queue_delay_us),
+        max_queue: config.max_queue as usize,
+    };
+    let batcher = Batcher::start(workers, policy, telemetry.clone()).context("cannot start the inference workers")?;
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.addr))?;
+    let addr = listener.local_addr().context("cannot read the bound address")?;
+    let state: AppState =
+        Arc::new(Shared { config, repository, batcher, telemetry, shutting_down: AtomicBool::new(false) });
+    spawn_sighup_reloader(state.clone());
+    tracing::info!(%addr, workers, max_batch = policy.max_batch, "listening on http://{addr}/");
+    if let Some(path) = &state.config.ready_file {
+        cifar_sdk::write_atomic(path, addr.to_string().as_bytes())
+            .with_context(|| format!("cannot write the ready file {}", path.display()))?;
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let signal_state = state.clone();
+    let shutdown = async move {
+        wait_for_stop_signal().await;
+        signal_state.shutting_down.store(true, Ordering::SeqCst);
+        tracing::info!("shutting down: no new connections; finishing the requests in flight");
+        let _ = stop_tx.send(true);
+    };
+    let grace = Duration::from_secs(state.config.shutdown_grace_s);
+    let app = routes::router(state.clone());
+    let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    let mut stop_rx = stop_rx;
+    tokio::select! {
+        result = serve => result.context("the server failed")?,
+        _ = async {
+            let _ = stop_rx.wait_for(|&stopped| stopped).await;
+            tokio::time::sleep(grace).await;
+        } => tracing::warn!(grace_s = grace.as_secs(), "grace period over; exiting with requests still in flight"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_stop_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+fn spawn_sighup_reloader(state: AppState) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload through POST /v2/repository/models/{{name}}/load");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let _ = reload(&state, "sighup").await;
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = state;
+}

@@ -1,0 +1,181 @@
+//! The router: every endpoint, the middleware that counts requests and turns plain-text
+//! errors (unknown route, wrong method, timeouts) into `{"error": ...}`, and the
+//! non-inference endpoints (health, metadata, metrics, drift, repository, web page).
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tower_http::timeout::TimeoutLayer;
+
+use crate::error::{ApiError, ApiResult};
+use crate::infer::{self, resolve, status_error};
+use crate::{oip, AppState};
+
+/// The page at `/`.
+const PAGE: &str = include_str!("page.html");
+
+/// Builds the application.
+pub fn router(state: AppState) -> Router {
+    let limit = state.config.max_body_bytes;
+    // A backstop for requests stuck outside the inference wait (slow uploads): the
+    // inference endpoints answer their own timeout first, with a clearer message.
+    let backstop = state.config.request_timeout() + Duration::from_secs(5);
+    Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route("/v2/models/{name}/versions/{version}", get(model_metadata_version))
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route("/v2/models/{name}/versions/{version}/ready", get(model_ready_version))
+        .route("/v2/models/{name}/infer", post(infer::infer))
+        .route("/v2/models/{name}/versions/{version}/infer", post(infer::infer_version))
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{name}/load", post(repository_load))
+        .route("/v2/repository/models/{name}/unload", post(repository_unload))
+        .route("/v1/classify", post(infer::classify))
+        .route("/v1/drift", get(drift))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { status_error(StatusCode::NOT_FOUND, "no such endpoint (see GET /v2 and the README)") })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, backstop))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Counts every request by endpoint and status, tracks the in-flight gauge, and gives
+/// error responses that are not JSON yet (from axum or tower) a JSON body.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let endpoint = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let started = Instant::now();
+    state.telemetry.in_flight(true);
+    let mut response = next.run(request).await;
+    state.telemetry.in_flight(false);
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if (status.is_client_error() || status.is_server_error()) && !is_json {
+        let reason = match status {
+            StatusCode::METHOD_NOT_ALLOWED => "method not allowed on this endpoint".to_string(),
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT => "the request timed out".to_string(),
+            s => s.canonical_reason().unwrap_or("error").to_lowercase(),
+        };
+        let allow = response.headers().get(header::ALLOW).cloned();
+        response = status_error(status, &reason);
+        if let Some(a) = allow {
+            response.headers_mut().insert(header::ALLOW, a);
+        }
+    }
+    state.telemetry.record_http(&endpoint, status.as_u16(), started.elapsed());
+    response
+}
+
+async fn server_metadata() -> Json<Value> {
+    Json(json!({
+        "name": "cifar-serve",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data", "classification", "model_repository"],
+    }))
+}
+
+async fn live() -> Json<Value> {
+    Json(json!({ "live": true }))
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    if state.shutting_down.load(Ordering::SeqCst) {
+        return ApiError::unavailable("shutting down", 5).into_response();
+    }
+    Json(json!({ "ready": true })).into_response()
+}
+
+async fn model_metadata(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(oip::model_metadata(&*resolve(&state, &name, None)?)))
+}
+
+async fn model_metadata_version(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(oip::model_metadata(&*resolve(&state, &name, Some(&version))?)))
+}
+
+async fn model_ready(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
+    model_ready_response(&state, &name, None)
+}
+
+async fn model_ready_version(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    model_ready_response(&state, &name, Some(&version))
+}
+
+fn model_ready_response(state: &AppState, name: &str, version: Option<&str>) -> ApiResult<Response> {
+    let model = resolve(state, name, version)?;
+    if state.shutting_down.load(Ordering::SeqCst) {
+        return Err(ApiError::unavailable("shutting down", 5));
+    }
+    Ok(Json(json!({ "name": model.name, "version": model.version_string(), "ready": true })).into_response())
+}
+
+async fn repository_index(State(state): State<AppState>) -> Json<Value> {
+    let m = state.repository.current();
+    Json(json!([{ "name": m.name, "version": m.version_string(), "state": "READY", "reason": "" }]))
+}
+
+/// Reloads the model file: validated first, swapped in atomically; on failure the
+/// current model keeps serving and the answer says why the file was rejected.
+async fn repository_load(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    if name != state.repository.name() {
+        return Err(ApiError::not_found(format!(
+            "unknown model `{name}` (this server serves `{}` from {})",
+            state.repository.name(),
+            state.repository.path().display()
+        )));
+    }
+    let loaded = crate::reload(&state, "http").await.map_err(|e| {
+        ApiError::bad_request(format!(
+            "{} was rejected, the previous model keeps serving: {e}",
+            state.repository.path().display()
+        ))
+    })?;
+    Ok(Json(json!({ "name": loaded.name, "version": loaded.version_string(), "digest": loaded.digest })))
+}
+
+async fn repository_unload(Path(name): Path<String>) -> ApiError {
+    ApiError::bad_request(format!(
+        "cannot unload `{name}`: cifar-serve serves exactly one model; stop the server instead"
+    ))
+}
+
+async fn drift(State(state): State<AppState>) -> Json<Value> {
+    let report = state.telemetry.drift.report();
+    state.telemetry.set_drift(&report);
+    Json(serde_json::to_value(report).unwrap_or(Value::Null))
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    state.telemetry.set_queue_depth(state.batcher.queued());
+    let body = state.telemetry.encode();
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(Body::from(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}

@@ -1,0 +1,408 @@
+//! Prometheus metrics and the drift monitor, in one place the handlers and the workers
+//! share.
+//!
+//! Names follow Triton's where the meaning is the same (`nv_inference_request_success`,
+//! `nv_inference_count`, `nv_inference_exec_count`, `nv_inference_request_duration_us`,
+//! `nv_inference_queue_duration_us`, `nv_inference_compute_infer_duration_us`,
+//! `nv_inference_pending_request_count`), labelled `model` and `version`. The exposition
+//! is OpenMetrics, so counters carry the standard `_total` suffix. Everything Triton has
+//! no name for is `cifar_*`: HTTP requests by endpoint and status, latency histograms
+//! (request, queue, compute), the batch-size histogram, the in-flight gauge, the model
+//! info metric, reloads and the drift gauges.
+
+use std::time::Duration;
+
+use cifar_sdk::drift::{image_features, FEATURE_NAMES};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+use crate::batcher::Pixels;
+use crate::drift::{DriftConfig, DriftMonitor, DriftReport, Observation, Transition};
+use crate::repository::ServedModel;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    model: String,
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    model: String,
+    version: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    endpoint: String,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InfoLabels {
+    model: String,
+    version: String,
+    digest: String,
+    precision: String,
+    device: String,
+    classes: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FeatureLabels {
+    feature: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+fn latency_histogram() -> Histogram {
+    // 50 us .. ~1.6 s.
+    Histogram::new(exponential_buckets(50e-6, 2.0, 16))
+}
+
+/// Why an inference request failed, for `nv_inference_request_failure`.
+#[derive(Debug, Clone, Copy)]
+pub enum FailureReason {
+    /// Bad input (4xx).
+    Rejected,
+    /// The queue was full (503).
+    QueueFull,
+    /// It took longer than the request timeout.
+    Timeout,
+    /// The engine failed.
+    Internal,
+}
+
+impl FailureReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Rejected => "rejected",
+            Self::QueueFull => "queue_full",
+            Self::Timeout => "timeout",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// All metrics, the registry that exposes them, and the drift monitor.
+#[derive(Debug)]
+pub struct Telemetry {
+    registry: Registry,
+    success: Family<ModelLabels, Counter>,
+    failure: Family<FailureLabels, Counter>,
+    inference_count: Family<ModelLabels, Counter>,
+    exec_count: Family<ModelLabels, Counter>,
+    request_us: Family<ModelLabels, Counter>,
+    queue_us: Family<ModelLabels, Counter>,
+    compute_us: Family<ModelLabels, Counter>,
+    pending: Gauge,
+    http_requests: Family<HttpLabels, Counter>,
+    request_seconds: HistogramFamily<EndpointLabels>,
+    queue_seconds: Histogram,
+    compute_seconds: Histogram,
+    batch_size: Histogram,
+    in_flight: Gauge,
+    model_info: Family<InfoLabels, Gauge>,
+    reloads: Family<OutcomeLabels, Counter>,
+    drift_score: FloatGauge,
+    drift_psi: Family<FeatureLabels, FloatGauge>,
+    drift_class_js: FloatGauge,
+    drift_window: Gauge,
+    drift_alert: Gauge,
+    /// The drift monitor.
+    pub drift: DriftMonitor,
+}
+
+impl Telemetry {
+    /// Registers every metric.
+    pub fn new(drift: DriftConfig) -> Self {
+        let mut registry = Registry::default();
+        let t = Self {
+            success: Family::default(),
+            failure: Family::default(),
+            inference_count: Family::default(),
+            exec_count: Family::default(),
+            request_us: Family::default(),
+            queue_us: Family::default(),
+            compute_us: Family::default(),
+            pending: Gauge::default(),
+            http_requests: Family::default(),
+            request_seconds: Family::new_with_constructor(latency_histogram),
+            queue_seconds: latency_histogram(),
+            compute_seconds: latency_histogram(),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            in_flight: Gauge::default(),
+            model_info: Family::default(),
+            reloads: Family::default(),
+            drift_score: FloatGauge::default(),
+            drift_psi: Family::default(),
+            drift_class_js: FloatGauge::default(),
+            drift_window: Gauge::default(),
+            drift_alert: Gauge::default(),
+            drift: DriftMonitor::new(drift),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register("nv_inference_request_success", "Successful inference requests", t.success.clone());
+        r.register("nv_inference_request_failure", "Failed inference requests, by reason", t.failure.clone());
+        r.register("nv_inference_count", "Images inferred", t.inference_count.clone());
+        r.register("nv_inference_exec_count", "Batches executed", t.exec_count.clone());
+        r.register(
+            "nv_inference_request_duration_us",
+            "Cumulative end-to-end inference request time (us)",
+            t.request_us.clone(),
+        );
+        r.register(
+            "nv_inference_queue_duration_us",
+            "Cumulative time requests waited in the queue (us)",
+            t.queue_us.clone(),
+        );
+        r.register(
+            "nv_inference_compute_infer_duration_us",
+            "Cumulative compute time of the batches requests ran in (us)",
+            t.compute_us.clone(),
+        );
+        r.register("nv_inference_pending_request_count", "Requests waiting for a worker", t.pending.clone());
+        r.register("cifar_http_requests", "HTTP requests by endpoint and status code", t.http_requests.clone());
+        r.register("cifar_request_duration_seconds", "HTTP request latency by endpoint", t.request_seconds.clone());
+        r.register(
+            "cifar_queue_duration_seconds",
+            "Time inference requests waited for a worker",
+            t.queue_seconds.clone(),
+        );
+        r.register("cifar_compute_duration_seconds", "Compute time per batch", t.compute_seconds.clone());
+        r.register("cifar_batch_size", "Images per executed batch", t.batch_size.clone());
+        r.register("cifar_requests_in_flight", "HTTP requests being handled", t.in_flight.clone());
+        r.register("cifar_model_info", "The served model (value 1)", t.model_info.clone());
+        r.register("cifar_model_reloads", "Model reloads by outcome", t.reloads.clone());
+        r.register(
+            "cifar_drift_score",
+            "Largest PSI of the input features and confidence over the window",
+            t.drift_score.clone(),
+        );
+        r.register("cifar_drift_psi", "PSI of each input feature over the window", t.drift_psi.clone());
+        r.register(
+            "cifar_drift_class_js",
+            "Jensen-Shannon divergence (bits) of the predicted classes over the window",
+            t.drift_class_js.clone(),
+        );
+        r.register("cifar_drift_window_images", "Images in the drift window", t.drift_window.clone());
+        r.register("cifar_drift_alert", "1 while a drift threshold is crossed", t.drift_alert.clone());
+        Self { registry, ..t }
+    }
+
+    /// The metrics in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Marks `model` as the served model (replacing the previous info series).
+    pub fn set_model(&self, model: &ServedModel) {
+        self.model_info.clear();
+        let m = &model.model;
+        self.model_info
+            .get_or_create(&InfoLabels {
+                model: model.name.clone(),
+                version: model.version_string(),
+                digest: model.digest.clone(),
+                precision: m.precision().to_string(),
+                device: m.device().to_string(),
+                classes: m.classes().to_string(),
+            })
+            .set(1);
+    }
+
+    /// Counts a reload attempt.
+    pub fn record_reload(&self, ok: bool) {
+        let outcome = if ok { "success" } else { "failure" };
+        self.reloads.get_or_create(&OutcomeLabels { outcome: outcome.into() }).inc();
+    }
+
+    /// One HTTP request finished.
+    pub fn record_http(&self, endpoint: &str, code: u16, elapsed: Duration) {
+        self.http_requests.get_or_create(&HttpLabels { endpoint: endpoint.into(), code }).inc();
+        self.request_seconds
+            .get_or_create(&EndpointLabels { endpoint: endpoint.into() })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// A request started (`true`) or ended (`false`).
+    pub fn in_flight(&self, started: bool) {
+        if started {
+            self.in_flight.inc();
+        } else {
+            self.in_flight.dec();
+        }
+    }
+
+    /// Jobs waiting in the queue.
+    pub fn set_queue_depth(&self, depth: usize) {
+        self.pending.set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// A successful inference request of `images` images.
+    pub fn record_success(
+        &self,
+        model: &ServedModel,
+        images: usize,
+        total: Duration,
+        queue: Duration,
+        compute: Duration,
+    ) {
+        let l = labels(model);
+        self.success.get_or_create(&l).inc();
+        self.inference_count.get_or_create(&l).inc_by(images as u64);
+        self.request_us.get_or_create(&l).inc_by(total.as_micros() as u64);
+        self.queue_us.get_or_create(&l).inc_by(queue.as_micros() as u64);
+        self.compute_us.get_or_create(&l).inc_by(compute.as_micros() as u64);
+        self.queue_seconds.observe(queue.as_secs_f64());
+    }
+
+    /// A failed inference request.
+    pub fn record_failure(&self, model: &ServedModel, reason: FailureReason) {
+        self.failure
+            .get_or_create(&FailureLabels {
+                model: model.name.clone(),
+                version: model.version_string(),
+                reason: reason.as_str().into(),
+            })
+            .inc();
+    }
+
+    /// A worker ran a batch.
+    pub fn record_batch(&self, model: &ServedModel, images: usize, compute: Duration) {
+        self.exec_count.get_or_create(&labels(model)).inc();
+        self.compute_seconds.observe(compute.as_secs_f64());
+        self.batch_size.observe(images as f64);
+    }
+
+    /// Feeds one job's images and logits to the drift monitor and updates the gauges.
+    pub fn observe_outputs(&self, model: &ServedModel, pixels: &Pixels, images: usize, logits: &[f32]) {
+        let [channels, h, w] = model.input_shape();
+        let classes = model.model.classes().max(1);
+        let image_len = channels * h * w;
+        let norm = model.model.metadata().preprocessing.normalization;
+        let mut observations = Vec::with_capacity(images);
+        let mut rgb = vec![0u8; image_len];
+        for (i, row) in logits.chunks_exact(classes).enumerate().take(images) {
+            let features = match pixels {
+                Pixels::Rgb8(p) => p.get(i * image_len..(i + 1) * image_len).map(|img| image_features(img, w, h)),
+                Pixels::Nchw(p) => p.get(i * image_len..(i + 1) * image_len).map(|img| {
+                    planar_to_rgb8(img, h * w, &norm, &mut rgb);
+                    image_features(&rgb, w, h)
+                }),
+            };
+            let Some(features) = features else { continue };
+            let (class, confidence) = top1(row);
+            observations.push(Observation { features: features.values(), class, confidence });
+        }
+        let (report, transition) = self.drift.observe(model, &observations);
+        self.set_drift(&report);
+        match transition {
+            Some(Transition::Raised) => tracing::warn!(
+                model = %report.model,
+                score = report.score,
+                threshold = report.threshold,
+                class_js = report.class_js,
+                window = report.window_images,
+                "input drift: a threshold is crossed (GET /v1/drift for the per-feature report)"
+            ),
+            Some(Transition::Cleared) => {
+                tracing::info!(model = %report.model, score = report.score, "input drift: back under the thresholds")
+            }
+            None => {}
+        }
+    }
+
+    /// Copies a drift report into the gauges.
+    pub fn set_drift(&self, report: &DriftReport) {
+        self.drift_score.set(report.score);
+        self.drift_class_js.set(report.class_js);
+        self.drift_window.set(i64::try_from(report.window_images).unwrap_or(i64::MAX));
+        self.drift_alert.set(i64::from(report.drifting));
+        for f in &report.features {
+            self.drift_psi.get_or_create(&FeatureLabels { feature: f.name.clone() }).set(f.psi);
+        }
+        if report.features.is_empty() {
+            for name in FEATURE_NAMES {
+                self.drift_psi.get_or_create(&FeatureLabels { feature: name.into() }).set(0.0);
+            }
+        }
+    }
+}
+
+fn labels(model: &ServedModel) -> ModelLabels {
+    ModelLabels { model: model.name.clone(), version: model.version_string() }
+}
+
+/// Index and softmax probability of the largest logit.
+fn top1(logits: &[f32]) -> (usize, f32) {
+    let (mut best, mut max) = (0, f32::NEG_INFINITY);
+    for (i, &l) in logits.iter().enumerate() {
+        if l > max {
+            (best, max) = (i, l);
+        }
+    }
+    let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
+    (best, if sum > 0.0 { 1.0 / sum } else { 0.0 })
+}
+
+/// Normalized planar f32 back to interleaved RGB8, for the drift features of FP32 inputs.
+fn planar_to_rgb8(img: &[f32], hw: usize, norm: &cifar_sdk::Normalization, out: &mut [u8]) {
+    for (c, plane) in img.chunks_exact(hw.max(1)).enumerate().take(3) {
+        let (mean, std) = (norm.mean.get(c).copied().unwrap_or(0.0), norm.std.get(c).copied().unwrap_or(1.0));
+        for (p, &v) in plane.iter().enumerate() {
+            if let Some(o) = out.get_mut(p * 3 + c) {
+                *o = ((v * std + mean) * 255.0).round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top1_is_argmax_with_softmax_probability() {
+        let (c, p) = top1(&[0.0, 2.0, 1.0]);
+        assert_eq!(c, 1);
+        let expect = 2f32.exp() / (1.0 + 2f32.exp() + 1f32.exp());
+        assert!((p - expect).abs() < 1e-6);
+    }
+
+    #[test]
+    fn planar_round_trips_rgb8() {
+        let norm = cifar_sdk::Normalization::CIFAR10;
+        let rgb: Vec<u8> = (0..12).map(|i| (i * 21) as u8).collect();
+        let mut planar = vec![0f32; 12];
+        for p in 0..4 {
+            for c in 0..3 {
+                planar[c * 4 + p] = (f32::from(rgb[p * 3 + c]) / 255.0 - norm.mean[c]) / norm.std[c];
+            }
+        }
+        let mut back = vec![0u8; 12];
+        planar_to_rgb8(&planar, 4, &norm, &mut back);
+        assert_eq!(back, rgb);
+    }
+}
