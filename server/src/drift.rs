@@ -6,8 +6,9 @@
 //! that leaves the window), so a report costs O(bins), not O(window). The score is the
 //! largest population stability index (PSI) over the input features and the confidence;
 //! the class distribution is compared with the Jensen-Shannon divergence (base 2, in
-//! `[0, 1]`). Both have thresholds; crossing one logs a warning, returning under logs
-//! an info line.
+//! `[0, 1]`). Both have thresholds; crossing one logs a warning. The alarm clears (an
+//! info line) only when both are back under [`CLEAR_FRACTION`] of their thresholds, so a
+//! score hovering at the threshold does not flood the log.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -18,6 +19,9 @@ use serde::Serialize;
 use crate::repository::ServedModel;
 
 const FEATURES: usize = FEATURE_NAMES.len();
+
+/// An alarm clears when the scores fall under this fraction of their thresholds.
+pub const CLEAR_FRACTION: f64 = 0.8;
 
 /// Thresholds and window size.
 #[derive(Debug, Clone, Copy)]
@@ -116,7 +120,8 @@ pub struct DriftReport {
     pub class_threshold: f64,
     /// PSI of the top-1 probability.
     pub confidence_psi: f64,
-    /// Whether a threshold is crossed (only when judged).
+    /// Whether the alarm is on: raised when a threshold is crossed (once judged), cleared
+    /// when both scores are under [`CLEAR_FRACTION`] of their thresholds.
     pub drifting: bool,
     /// Per feature.
     pub features: Vec<FeatureDrift>,
@@ -159,22 +164,27 @@ impl DriftMonitor {
                 w.push(o, self.config.window);
             }
         }
-        let report = w.report(&self.config);
+        let mut report = w.report(&self.config);
+        let c = &self.config;
+        let calm = report.score < CLEAR_FRACTION * c.threshold && report.class_js < CLEAR_FRACTION * c.class_threshold;
         let transition = match (w.alert, report.drifting) {
             (false, true) => Some(Transition::Raised),
-            (true, false) if report.judged => Some(Transition::Cleared),
+            (true, _) if report.judged && calm => Some(Transition::Cleared),
             _ => None,
         };
         if let Some(t) = transition {
             w.alert = t == Transition::Raised;
         }
+        report.drifting = w.alert;
         (report, transition)
     }
 
     /// The current report.
     pub fn report(&self) -> DriftReport {
         let w = self.window.lock().unwrap_or_else(|e| e.into_inner());
-        w.report(&self.config)
+        let mut report = w.report(&self.config);
+        report.drifting = w.alert;
+        report
     }
 
     /// Starts over with an empty window for `model` (used after a reload).

@@ -384,3 +384,24 @@ pub fn model_metadata(model: &ServedModel) -> Value {
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_is_flattened_from_any_nesting() {
+        let d: FlatData = serde_json::from_str("[[1, 2], [3, [4.5, -6]]]").unwrap();
+        assert_eq!(d.0, vec![1.0, 2.0, 3.0, 4.5, -6.0]);
+        let d: FlatData = serde_json::from_str("7").unwrap();
+        assert_eq!(d.0, vec![7.0]);
+        assert!(serde_json::from_str::<FlatData>("[1, \"x\"]").is_err());
+        assert!(serde_json::from_str::<FlatData>("[1, null]").is_err());
+    }
+
+    #[test]
+    fn classification_strings_are_best_first() {
+        let labels: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(top_k(&[0.1, 2.5, -1.0], 2, &labels), vec!["2.5:1:b", "0.1:0:a"]);
+    }
+}

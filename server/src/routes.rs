@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -60,6 +60,8 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
+    let has_body = request.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v != "0")
+        || request.headers().contains_key(header::TRANSFER_ENCODING);
     let started = Instant::now();
     state.telemetry.in_flight(true);
     let mut response = next.run(request).await;
@@ -81,6 +83,11 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         if let Some(a) = allow {
             response.headers_mut().insert(header::ALLOW, a);
         }
+    }
+    if (status.is_client_error() || status.is_server_error()) && has_body {
+        // The body may be unread (too large, rejected early): the connection cannot be
+        // reused, and saying so keeps clients from sending their next request on it.
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     state.telemetry.record_http(&endpoint, status.as_u16(), started.elapsed());
     response
