@@ -38,3 +38,4 @@ run="runs/$(date -u +%Y%m%d-%H%M%S)-$(basename "$config" .toml)"
 "$trainer" classify "$run/model.cifar" fixtures/images/*.png
 echo
 echo "done: the run (metrics, plots, evaluation) is in $run/, the compiled model is $run/model.cifar"
+echo "serve it over HTTP: cargo run --release -p cifar-server --bin cifar-serve -- --model $run/model.cifar"

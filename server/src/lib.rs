@@ -119,6 +119,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let grace = Duration::from_secs(state.config.shutdown_grace_s);
     let app = routes::router(state.clone());
+    // Small answers go out at once instead of waiting for Nagle's algorithm.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown);
     let mut stop_rx = stop_rx;
     tokio::select! {

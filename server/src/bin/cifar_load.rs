@@ -54,6 +54,9 @@ struct Args {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Print the table row without its header (for scripts that print many rows).
+    #[arg(long)]
+    no_header: bool,
     /// Exit 0 even when some requests failed.
     #[arg(long)]
     allow_errors: bool,
@@ -113,10 +116,9 @@ fn main() -> anyhow::Result<()> {
         });
         println!("{report}");
     } else {
-        println!(
-            "{:<14} {:>5} {:>8} {:>7} {:>10} {:>8} {:>8} {:>8} {:>8}",
-            "endpoint", "conc", "requests", "failed", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms"
-        );
+        if !args.no_header {
+            print_header();
+        }
         println!(
             "{:<14} {:>5} {:>8} {:>7} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
             format!("{:?}", args.endpoint),
@@ -137,6 +139,13 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+fn print_header() {
+    println!(
+        "{:<14} {:>5} {:>8} {:>7} {:>10} {:>8} {:>8} {:>8} {:>8}",
+        "endpoint", "conc", "requests", "failed", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms"
+    );
 }
 
 /// A prepared request body.
