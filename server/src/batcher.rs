@@ -7,6 +7,7 @@
 //! caller answers 503, instead of letting latency grow without limit. Jobs whose caller
 //! has gone away (timed out, disconnected) are skipped, not computed.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -167,21 +168,11 @@ impl Worker {
             let mut logits = vec![0f32; images * classes];
             match group.first().map(|j| &j.pixels) {
                 Some(Pixels::Rgb8(_)) => {
-                    let mut input = Vec::with_capacity(group.iter().map(|j| pixels_len(&j.pixels)).sum());
-                    for j in &group {
-                        if let Pixels::Rgb8(p) = &j.pixels {
-                            input.extend_from_slice(p);
-                        }
-                    }
+                    let input = gather(&group, |p| if let Pixels::Rgb8(v) = p { Some(v.as_slice()) } else { None });
                     session.run_rgb8(&input, images, &mut logits).map_err(|e| e.to_string())?;
                 }
                 Some(Pixels::Nchw(_)) => {
-                    let mut input = Vec::with_capacity(group.iter().map(|j| pixels_len(&j.pixels)).sum());
-                    for j in &group {
-                        if let Pixels::Nchw(p) = &j.pixels {
-                            input.extend_from_slice(p);
-                        }
-                    }
+                    let input = gather(&group, |p| if let Pixels::Nchw(v) = p { Some(v.as_slice()) } else { None });
                     session.run_nchw(&input, images, &mut logits).map_err(|e| e.to_string())?;
                 }
                 None => {}
@@ -228,9 +219,11 @@ impl Worker {
     }
 }
 
-fn pixels_len(p: &Pixels) -> usize {
-    match p {
-        Pixels::Rgb8(v) => v.len(),
-        Pixels::Nchw(v) => v.len(),
+/// The group's inputs of one layout back to back; borrowed when there is one job (the
+/// usual case on an idle server), so it is not copied.
+fn gather<'a, T: Copy>(group: &'a [Job], pick: impl Fn(&'a Pixels) -> Option<&'a [T]>) -> Cow<'a, [T]> {
+    match group {
+        [one] => Cow::Borrowed(pick(&one.pixels).unwrap_or(&[])),
+        _ => Cow::Owned(group.iter().filter_map(|j| pick(&j.pixels)).flatten().copied().collect()),
     }
 }
