@@ -60,6 +60,7 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
+    let (method, uri) = (request.method().clone(), request.uri().clone());
     let has_body = request.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v != "0")
         || request.headers().contains_key(header::TRANSFER_ENCODING);
     let started = Instant::now();
@@ -89,7 +90,9 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         // reused, and saying so keeps clients from sending their next request on it.
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    state.telemetry.record_http(&endpoint, status.as_u16(), started.elapsed());
+    let elapsed = started.elapsed();
+    state.telemetry.record_http(&endpoint, status.as_u16(), elapsed);
+    tracing::debug!(%method, %uri, status = status.as_u16(), ms = elapsed.as_secs_f64() * 1e3, "request");
     response
 }
 

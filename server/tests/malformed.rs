@@ -255,6 +255,24 @@ fn cases() -> Vec<Case> {
             message: "top_k must be in 1..=10",
         },
         Case {
+            name: "unload",
+            path: format!("/v2/repository/models/{MODEL}/unload"),
+            content_type: "application/json",
+            header_len: None,
+            body: Vec::new(),
+            status: 400,
+            message: "serves exactly one model",
+        },
+        Case {
+            name: "load of another model",
+            path: "/v2/repository/models/other/load".into(),
+            content_type: "application/json",
+            header_len: None,
+            body: Vec::new(),
+            status: 404,
+            message: "unknown model `other`",
+        },
+        Case {
             name: "wrong method",
             path: format!("/v2/models/{MODEL}/ready"),
             content_type: "application/json",
@@ -344,4 +362,26 @@ fn slow_inference_times_out_with_503() {
     assert!(server.metrics().contains("reason=\"timeout\""));
     // The server still answers.
     assert_eq!(server.get_json("/v2/health/ready").0, 200);
+}
+
+#[test]
+fn a_bad_model_file_or_flag_stops_the_server_with_a_clear_error() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cifar-serve")).args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let bad = fixture("malformed/truncated-to-100-bytes.cifar");
+    let (code, err) = run(&["--model", bad.to_str().unwrap(), "--addr", "127.0.0.1:0"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot serve") && err.contains("truncated-to-100-bytes.cifar"), "{err}");
+    let (code, err) = run(&["--model", "/no/such/model.cifar"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("/no/such/model.cifar"), "{err}");
+    let good = fixture("models/tiny-int8.cifar");
+    let (code, err) = run(&["--model", good.to_str().unwrap(), "--max-batch", "0"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--max-batch"), "{err}");
+    let (code, err) = run(&["--model", good.to_str().unwrap(), "--addr", "not-an-address"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--addr"), "{err}");
 }
