@@ -22,3 +22,6 @@ cargo test --release --locked --workspace
 cargo test --locked -p cifar-sdk
 # The C ABI: libraries, symbol list, C/C++/Python tests (valgrind, static + shared).
 scripts/test-bindings.sh
+# The speed regression gate: this commit's benchmarks against the previous commit's,
+# interleaved in this job; fails on a slowdown beyond threshold + measured noise.
+scripts/bench-gate.sh

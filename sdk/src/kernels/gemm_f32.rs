@@ -41,32 +41,36 @@ pub fn matmul_strided(
         return Ok(());
     }
     let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    // SAFETY: the checks above guarantee that `a` holds m*k and `b` k*n elements and
-    // that `c` reaches (m-1)*ldc + n, which is exactly what the strides below address
-    // (row-major: column stride 1, row strides k, n and ldc). `c` is exclusively borrowed and does not alias
-    // `a` or `b`. With read_dst = false, `c` is only written.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            ldc as isize,
-            false,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            1,
-            n as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
+    // With the test-only `slow-kernels` feature the product is computed twice (same
+    // result), so the speed gate can be shown to catch a 2x slower GEMM.
+    for _ in 0..super::GEMM_REPEAT {
+        // SAFETY: the checks above guarantee that `a` holds m*k and `b` k*n elements and
+        // that `c` reaches (m-1)*ldc + n, which is exactly what the strides below address
+        // (row-major: column stride 1, row strides k, n and ldc). `c` is exclusively borrowed and does not alias
+        // `a` or `b`. With read_dst = false, `c` is only written.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                ldc as isize,
+                false,
+                a.as_ptr(),
+                1,
+                k as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
     }
     Ok(())
 }

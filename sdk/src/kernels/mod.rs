@@ -11,6 +11,10 @@ pub mod im2col;
 pub mod pool;
 pub mod qgemm;
 
+/// How many times each GEMM is computed: 1, or 2 with the test-only `slow-kernels`
+/// feature (which exists to show that the speed regression gate catches a slowdown).
+pub(crate) const GEMM_REPEAT: usize = if cfg!(feature = "slow-kernels") { 2 } else { 1 };
+
 /// Whether this CPU runs the AVX2+FMA builds of the kernels (checked once).
 pub fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
