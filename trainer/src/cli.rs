@@ -42,6 +42,9 @@ enum Command {
     Compile(crate::model_cli::CompileArgs),
     /// Classify image files with a compiled model.
     Classify(crate::model_cli::ClassifyArgs),
+    /// Write a compiled model as ONNX (opset 13; int8 as QuantizeLinear/DequantizeLinear)
+    /// for other runtimes; f32 exports are checked against the SDK through candle-onnx.
+    ExportOnnx(crate::model_cli::ExportOnnxArgs),
     /// Describe a compiled model: metadata, graph, tensors.
     Inspect(crate::model_cli::InspectArgs),
 }
@@ -190,6 +193,7 @@ pub fn main() -> Result<()> {
         }
         Command::Classify(args) => crate::model_cli::classify_command(args),
         Command::Inspect(args) => crate::model_cli::inspect_command(args),
+        Command::ExportOnnx(args) => crate::model_cli::export_onnx_command(args),
     }
 }
 

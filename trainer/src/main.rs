@@ -21,6 +21,7 @@ mod device;
 mod eval;
 mod model;
 mod model_cli;
+mod onnx_export;
 mod ops;
 mod optim;
 mod plot;

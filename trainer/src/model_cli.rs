@@ -61,6 +61,52 @@ pub struct InspectArgs {
     model: PathBuf,
 }
 
+/// `trainer export-onnx`.
+#[derive(Debug, clap::Args)]
+pub struct ExportOnnxArgs {
+    /// The compiled model (`.cifar`, f32 or int8).
+    model: PathBuf,
+    /// Where to write the ONNX model.
+    #[arg(long, short)]
+    out: PathBuf,
+    /// Skip running an f32 export through candle-onnx and comparing it with the SDK.
+    #[arg(long)]
+    no_check: bool,
+}
+
+pub fn export_onnx_command(args: ExportOnnxArgs) -> Result<()> {
+    let summary = crate::onnx_export::export(&args.model, &args.out)?;
+    println!(
+        "wrote {} ({} ONNX opset {}, {} nodes, {} initializers, {} bytes)",
+        args.out.display(),
+        summary.precision,
+        crate::onnx_export::OPSET,
+        summary.nodes,
+        summary.initializers,
+        summary.bytes
+    );
+    if summary.precision == Precision::Int8 {
+        println!("int8 is exported as a QDQ model: ONNX Runtime runs it; candle-onnx has no QuantizeLinear");
+        return Ok(());
+    }
+    if args.no_check {
+        return Ok(());
+    }
+    // The export must compute what the SDK computes: 8 varied inputs through both.
+    let model = Model::open(&args.model, &ModelOptions { device: DevicePolicy::Cpu, threads: 1, max_batch: 8 })?;
+    let [c, h, w] = model.input_shape();
+    let n = 8;
+    let x: Vec<f32> = (0..n * c * h * w).map(|i| ((i * 7919 % 1009) as f32 / 1009.0 - 0.5) * 4.0).collect();
+    let sdk = model.session()?.logits_nchw(&x, n)?;
+    let onnx = crate::onnx_export::candle_onnx_logits(&args.out, &x, n, [c, h, w])?;
+    let err = crate::compile::max_relative_error(&sdk, &onnx, model.classes());
+    println!("checked with candle-onnx on {n} inputs: max relative logit error {err:.2e} against the SDK");
+    if err > 1e-4 {
+        anyhow::bail!("the ONNX export disagrees with the SDK (max relative logit error {err:.2e} > 1e-4)");
+    }
+    Ok(())
+}
+
 pub fn compile_command(args: CompileArgs) -> Result<()> {
     let precision = match args.precision {
         PrecisionArg::F32 => Precision::F32,

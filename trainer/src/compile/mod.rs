@@ -171,15 +171,11 @@ pub fn compile(opts: &CompileOptions) -> Result<CompileReport> {
     let (reference, classes) = eval::predict(net.as_ref(), split, val, Tta::None, cfg.eval.batch_size, &dev)?;
     let f32_logits = sdk_logits(&f32_model, split, val)?;
     let checked = opts.check_images.min(val.len());
-    let max_rel = reference
-        .chunks_exact(classes)
-        .zip(f32_logits.chunks_exact(classes))
-        .take(checked)
-        .map(|(r, s)| {
-            let scale = r.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-            r.iter().zip(s).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale
-        })
-        .fold(0f32, f32::max) as f64;
+    let max_rel = max_relative_error(
+        &reference[..(checked * classes).min(reference.len())],
+        &f32_logits[..(checked * classes).min(f32_logits.len())],
+        classes,
+    );
     let checkpoint_accuracy = accuracy(&reference, classes, split, val);
     let f32_accuracy = accuracy(&f32_logits, classes, split, val);
     eprintln!("f32: max relative logit error vs the trainer {max_rel:.2e} on {checked} images");
@@ -274,4 +270,16 @@ fn print_report(r: &CompileReport) {
     }
     println!("{:<38} {} {}", "compiled file accuracy", pct(r.compiled_accuracy), r.calibration);
     println!("{:<38} {}", "checksum", r.checksum);
+}
+
+/// The worst image's `max |a - b| / max |a|` over rows of `classes` logits (`a` is the
+/// reference).
+pub fn max_relative_error(a: &[f32], b: &[f32], classes: usize) -> f64 {
+    a.chunks_exact(classes.max(1))
+        .zip(b.chunks_exact(classes.max(1)))
+        .map(|(r, s)| {
+            let scale = r.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+            r.iter().zip(s).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+        })
+        .fold(0f32, f32::max) as f64
 }
