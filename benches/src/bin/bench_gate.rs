@@ -5,12 +5,13 @@
 //!
 //! Verdict per benchmark, from the per-round ratios `new / old` (each pair measured back
 //! to back, so slow phases of a noisy machine hit both sides):
-//! - the ratio is the median over rounds; the noise is the robust spread (1.4826 x MAD)
-//!   of the log ratios;
-//! - FAIL when `ratio - 1 > threshold + 2 x noise`: slower by more than the threshold,
-//!   beyond the measured noise;
-//! - TOO NOISY when the noise alone exceeds the threshold and the benchmark did not fail:
-//!   the run cannot tell, and says so instead of failing at random;
+//! - the ratio is the median over rounds; its uncertainty `u` is two standard errors of
+//!   that median, from the robust spread of the per-round log ratios
+//!   (`u = 2 x 1.2533 x 1.4826 x MAD / sqrt(rounds)`);
+//! - FAIL when `ratio - 1 > threshold + u`: slower by more than the threshold, beyond the
+//!   measured noise;
+//! - TOO NOISY when `u` alone exceeds the threshold and the benchmark did not fail: the run
+//!   cannot tell, and says so instead of failing at random;
 //! - otherwise PASS.
 //!
 //! Exit status: 1 if any benchmark failed, 0 otherwise (also when there is no base to
@@ -37,13 +38,13 @@ struct Args {
     #[arg(long, default_value = "HEAD~1")]
     base: String,
     /// Alternating rounds (each runs both builds once).
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 8)]
     rounds: usize,
     /// Allowed slowdown (0.10 = 10%) beyond the measured noise.
     #[arg(long, default_value_t = 0.10)]
     threshold: f64,
     /// Criterion measurement time per benchmark and round, in seconds.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 0.6)]
     measurement_time: f64,
     /// Build this checkout with the test-only `slow-kernels` feature (every GEMM runs
     /// twice): shows that the gate catches a slowdown.
@@ -146,15 +147,16 @@ fn main() -> Result<()> {
     let (Some(old_m), Some(new_m)) = (medians.get("old"), medians.get("new")) else {
         bail!("no benchmark results were found (did the filter {GATED} match nothing?)");
     };
-    println!("{:<24} {:>12} {:>12} {:>8} {:>8}  verdict", "benchmark", "old", "new", "ratio", "noise");
+    println!("{:<24} {:>12} {:>12} {:>8} {:>8}  verdict", "benchmark", "old", "new", "ratio", "+-u");
     let mut failed = 0;
     for (id, olds) in old_m {
         let Some(news) = new_m.get(id) else { continue };
         let logs: Vec<f64> = olds.iter().zip(news).map(|(o, n)| (n / o).ln()).collect();
         let ratio = median(&logs).exp();
         let center = median(&logs);
-        let noise = 1.4826 * median(&logs.iter().map(|l| (l - center).abs()).collect::<Vec<_>>());
-        let verdict = if ratio - 1.0 > args.threshold + 2.0 * noise {
+        let sigma = 1.4826 * median(&logs.iter().map(|l| (l - center).abs()).collect::<Vec<_>>());
+        let noise = 2.0 * 1.2533 * sigma / (logs.len() as f64).sqrt();
+        let verdict = if ratio - 1.0 > args.threshold + noise {
             failed += 1;
             "FAIL: slower"
         } else if noise > args.threshold {
