@@ -226,8 +226,9 @@ pub fn qgemm<F: FnMut(usize, usize, &[i32])>(
         // The test-only `slow-kernels` feature computes the product an extra time first
         // (the speed gate's demonstration); normally this branch is compiled out.
         if super::GEMM_REPEAT > 1 {
-            // SAFETY: as below.
             // `black_box` keeps the compiler from deleting the unused products.
+            // SAFETY: AVX2 and FMA were detected on this CPU, the only requirement of the
+            // target-feature function; its memory accesses are bounds-checked slices.
             unsafe {
                 avx2(w, xp, m, k, n, wbuf, &mut |_: usize, _: usize, acc: &[i32]| {
                     std::hint::black_box(acc);
