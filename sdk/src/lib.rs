@@ -55,7 +55,7 @@ pub use error::{Error, Result};
 pub use fsutil::write_atomic;
 pub use model::{Model, ModelOptions};
 pub use preprocess::{Normalization, CIFAR10_CLASSES, INPUT_CHANNELS, INPUT_SIZE};
-pub use session::{softmax, Classification, Observer, Prediction, Session};
+pub use session::{classify_logits, softmax, top_k_indices, Classification, Observer, Prediction, Session};
 
 /// Version of this crate.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

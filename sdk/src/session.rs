@@ -42,6 +42,34 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
     e.iter().map(|v| v / s).collect()
 }
 
+/// Indices of the `k` largest values, largest first (ties: the lower index first).
+pub fn top_k_indices(values: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    idx.sort_by(|&a, &b| {
+        let (va, vb) = (values.get(a).copied().unwrap_or(0.0), values.get(b).copied().unwrap_or(0.0));
+        vb.total_cmp(&va).then(a.cmp(&b))
+    });
+    idx.truncate(k);
+    idx
+}
+
+/// The top-`k` answer for one image's `logits`, with class names from `labels` (the
+/// model's labels; missing names are empty). What `Session::classify_*` return, for
+/// callers that run the model themselves (e.g. a server that batches requests).
+pub fn classify_logits(logits: &[f32], k: usize, labels: &[String]) -> Classification {
+    let probabilities = softmax(logits);
+    let top = top_k_indices(&probabilities, k)
+        .into_iter()
+        .map(|c| Prediction {
+            class: c,
+            label: labels.get(c).cloned().unwrap_or_default(),
+            probability: probabilities.get(c).copied().unwrap_or(0.0),
+            logit: logits.get(c).copied().unwrap_or(0.0),
+        })
+        .collect();
+    Classification { top, probabilities, logits: logits.to_vec() }
+}
+
 /// Per-thread inference state: the buffer plan and its buffers. A session is `Send` but
 /// used by one thread at a time (`&mut self`); create one per thread.
 pub struct Session {
@@ -248,24 +276,7 @@ impl Session {
     }
 
     fn classification(&self, logits: &[f32], k: usize) -> Classification {
-        let probabilities = softmax(logits);
-        let mut idx: Vec<usize> = (0..logits.len()).collect();
-        idx.sort_by(|&a, &b| {
-            let (pa, pb) = (probabilities.get(a).copied().unwrap_or(0.0), probabilities.get(b).copied().unwrap_or(0.0));
-            pb.total_cmp(&pa).then(a.cmp(&b))
-        });
-        let labels = self.model.labels();
-        let top = idx
-            .into_iter()
-            .take(k)
-            .map(|c| Prediction {
-                class: c,
-                label: labels.get(c).cloned().unwrap_or_default(),
-                probability: probabilities.get(c).copied().unwrap_or(0.0),
-                logit: logits.get(c).copied().unwrap_or(0.0),
-            })
-            .collect();
-        Classification { top, probabilities, logits: logits.to_vec() }
+        classify_logits(logits, k, self.model.labels())
     }
 
     fn run(
@@ -389,5 +400,20 @@ impl Session {
             write(out, &|i| v.get(i).copied().unwrap_or(f32::NAN));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_is_largest_first_with_ties_by_index() {
+        assert_eq!(top_k_indices(&[0.1, 0.7, 0.7, -2.0], 3), vec![1, 2, 0]);
+        assert_eq!(top_k_indices(&[1.0], 5), vec![0]);
+        let labels: Vec<String> = ["a", "b"].iter().map(|s| s.to_string()).collect();
+        let c = classify_logits(&[0.0, 1.0], 1, &labels);
+        assert_eq!((c.top[0].class, c.top[0].label.as_str()), (1, "b"));
+        assert!((c.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-6);
     }
 }

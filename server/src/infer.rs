@@ -220,20 +220,11 @@ pub async fn classify(
         .iter()
         .zip(out.logits.chunks_exact(classes.max(1)))
         .map(|(name, logits)| {
-            let probs = cifar_sdk::softmax(logits);
-            let mut order: Vec<usize> = (0..classes).collect();
-            order.sort_by(|&a, &b| probs.get(b).partial_cmp(&probs.get(a)).unwrap_or(std::cmp::Ordering::Equal));
-            let top: Vec<Value> = order
-                .into_iter()
-                .take(k)
-                .map(|c| {
-                    json!({
-                        "class": c,
-                        "label": labels.get(c),
-                        "probability": probs.get(c),
-                        "logit": logits.get(c),
-                    })
-                })
+            let answer = cifar_sdk::classify_logits(logits, k, labels);
+            let top: Vec<Value> = answer
+                .top
+                .iter()
+                .map(|p| json!({ "class": p.class, "label": p.label, "probability": p.probability, "logit": p.logit }))
                 .collect();
             json!({ "file": name, "top": top })
         })

@@ -344,11 +344,8 @@ pub fn encode_response(model: &ServedModel, req: &InferRequest, logits: &[f32]) 
 
 /// Triton's classification strings for one row: `"score:index:label"`, best first.
 pub fn top_k(row: &[f32], k: usize, labels: &[String]) -> Vec<String> {
-    let mut order: Vec<usize> = (0..row.len()).collect();
-    order.sort_by(|&a, &b| row.get(b).partial_cmp(&row.get(a)).unwrap_or(std::cmp::Ordering::Equal));
-    order
+    cifar_sdk::top_k_indices(row, k)
         .into_iter()
-        .take(k)
         .map(|i| {
             let score = row.get(i).copied().unwrap_or(0.0);
             let label = labels.get(i).map(String::as_str).unwrap_or("");
