@@ -17,6 +17,10 @@ else
   echo "warning: clippy is not installed; skipping the lints" >&2
 fi
 cargo test --release --locked --workspace
+# The SDK's device engine (candle tensors), on candle's CPU device against the CPU engine.
+cargo test --release --locked -p cifar-sdk --features candle --test device_engine
+# The `cuda` feature, compile-only: no GPU here (scripts/cuda-check.sh).
+scripts/cuda-check.sh
 # The SDK once more in the dev profile: debug assertions and integer overflow checks
 # on, so the malformed-file and fuzz tests also catch arithmetic slips.
 cargo test --locked -p cifar-sdk

@@ -15,7 +15,8 @@
 //!
 //! Modules: [`artifact`] (the `.cifar` format: reader, writer, validation), the engine
 //! (plan + [`kernels`]), [`Model`]/[`Session`] (the API), [`image`] (decoding),
-//! [`drift`] (features for drift monitoring), [`device`] (device policy).
+//! [`drift`] (features for drift monitoring), [`device`] (device policy), and with the
+//! `candle` feature `gpu` (the graph on a candle device; on CUDA with `cuda`).
 //!
 //! The crate never panics on bad input: `unwrap`, `expect`, `panic!` and unchecked
 //! indexing are denied outside tests by the lints below.
@@ -43,6 +44,8 @@ pub mod drift;
 mod engine;
 mod error;
 pub mod fsutil;
+#[cfg(feature = "candle")]
+pub mod gpu;
 pub mod image;
 pub mod kernels;
 mod model;

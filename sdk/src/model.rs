@@ -38,6 +38,9 @@ pub struct Model {
     pub(crate) options: ModelOptions,
     device: Device,
     device_reason: String,
+    /// The graph on the GPU, when the policy chose one.
+    #[cfg(feature = "cuda")]
+    pub(crate) gpu: Option<crate::gpu::DeviceGraph>,
 }
 
 impl std::fmt::Debug for Model {
@@ -72,9 +75,22 @@ impl Model {
         if options.threads > 1024 {
             return Err(Error::Options(format!("threads must be at most 1024, got {}", options.threads)));
         }
-        let (device, device_reason) = resolve(options.device)?;
+        let resolved = resolve(options.device)?;
         let steps = build(&artifact)?;
-        Ok(Arc::new(Self { artifact, steps, options: options.clone(), device, device_reason }))
+        #[cfg(feature = "cuda")]
+        let gpu = match &resolved.gpu {
+            Some(dev) => Some(crate::gpu::DeviceGraph::new(&artifact, dev)?),
+            None => None,
+        };
+        Ok(Arc::new(Self {
+            artifact,
+            steps,
+            options: options.clone(),
+            device: resolved.device,
+            device_reason: resolved.reason,
+            #[cfg(feature = "cuda")]
+            gpu,
+        }))
     }
 
     /// A new session (scratch memory for one thread at a time).

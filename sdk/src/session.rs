@@ -173,8 +173,12 @@ impl Session {
         }
         let classes = model.classes();
         let cap = opts.max_batch;
-        let wbufs = if int8 { vec![0i32; plan.wbuf_len * threads] } else { Vec::new() };
-        let (arena_f32, arena_u8, scratch_f32, scratch_u8, packed) = if int8 {
+        let on_cpu = model.device() == crate::Device::Cpu;
+        let wbufs = if int8 && on_cpu { vec![0i32; plan.wbuf_len * threads] } else { Vec::new() };
+        let (arena_f32, arena_u8, scratch_f32, scratch_u8, packed) = if !on_cpu {
+            // The GPU holds the activations; the CPU engine's buffers stay unallocated.
+            Default::default()
+        } else if int8 {
             (
                 Vec::new(),
                 vec![0u8; plan.arena_len],
@@ -267,6 +271,11 @@ impl Session {
         if self.model.precision() != Precision::F32 {
             return Err(Error::Input("run_observed needs an f32 model".into()));
         }
+        if self.model.device() != crate::Device::Cpu {
+            return Err(Error::Input(
+                "run_observed runs on the CPU engine: open the model with device policy `cpu`".into(),
+            ));
+        }
         if batch > self.capacity() {
             return Err(Error::Input(format!("run_observed takes at most {} images", self.capacity())));
         }
@@ -340,6 +349,18 @@ impl Session {
     /// Loads the input into value 0 of the arena (CNHW), runs, and transposes the
     /// `[classes][n]` output into `out` (`[n][classes]`).
     fn run_chunk(&mut self, input: Input<'_>, n: usize, out: &mut [f32], observe: &mut Observer<'_>) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = &self.model.gpu {
+            let logits = match input {
+                Input::Nchw(x) => gpu.logits_nchw(x, n)?,
+                Input::Rgb8(x) => gpu.logits_rgb8(x, n)?,
+            };
+            if logits.len() != out.len() {
+                return Err(Error::Device(format!("the GPU returned {} logits, expected {}", logits.len(), out.len())));
+            }
+            out.copy_from_slice(&logits);
+            return Ok(());
+        }
         let [c, h, w] = self.model.input_shape();
         let hw = h * w;
         let int8 = self.model.precision() == Precision::Int8;

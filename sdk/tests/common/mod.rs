@@ -251,3 +251,20 @@ pub fn random_rgb8(n: usize, seed: u64) -> Vec<u8> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     (0..n * 32 * 32 * 3).map(|_| rng.gen()).collect()
 }
+
+/// `w` with every layer's weight replaced by its int8 codes times their scales, as read
+/// back from a compiled int8 file.
+#[allow(dead_code)]
+pub fn dequantized_weights(a: &cifar_sdk::artifact::Artifact, w: &Weights) -> Weights {
+    let mut wq = w.clone();
+    for (name, (wt, _, out, k)) in wq.iter_mut() {
+        let q = a.i8s(&format!("{name}.weight")).unwrap();
+        let s = a.f32s(&format!("{name}.weight_scale")).unwrap();
+        for o in 0..*out {
+            for j in 0..*k {
+                wt[o * *k + j] = s[o] * f32::from(q[o * *k + j]);
+            }
+        }
+    }
+    wq
+}
