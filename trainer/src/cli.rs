@@ -47,6 +47,47 @@ enum Command {
     ExportOnnx(crate::model_cli::ExportOnnxArgs),
     /// Describe a compiled model: metadata, graph, tensors.
     Inspect(crate::model_cli::InspectArgs),
+    /// Check the device's convolutions (cuDNN on CUDA) against the CPU kernels: forward,
+    /// input gradient and weight gradient on random data, at the airbench layer shapes.
+    /// Fails if any relative error exceeds 1e-3 (f32).
+    GpuCheck(GpuCheckArgs),
+}
+
+#[derive(clap::Args)]
+struct GpuCheckArgs {
+    /// The device to check: cuda, cuda:N, or cpu (checks the op wiring only).
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// Images per batch.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+}
+
+fn gpu_check(args: GpuCheckArgs) -> Result<()> {
+    let (dev, why) = device::select(&args.device)?;
+    println!("device: {why}");
+    let n = args.batch.max(1);
+    // The airbench94 layers (widths 64/256/256) and the 2x2 whitening conv.
+    let shapes = [
+        (n, 3, 32, 24, 2),
+        (n, 24, 31, 64, 3),
+        (n, 64, 15, 64, 3),
+        (n, 64, 15, 256, 3),
+        (n, 256, 7, 256, 3),
+        (n, 256, 3, 256, 3),
+    ];
+    let rows = crate::ops::device_conv::compare_with_cpu(&dev, &shapes)?;
+    println!("| conv | forward | input grad | weight grad |\n| --- | --- | --- | --- |");
+    let mut worst = 0f32;
+    for (label, f, dx, dw) in &rows {
+        println!("| {label} | {f:.2e} | {dx:.2e} | {dw:.2e} |");
+        worst = worst.max(*f).max(*dx).max(*dw);
+    }
+    println!("largest relative error: {worst:.2e} (limit 1e-3)");
+    if worst.is_nan() || worst >= 1e-3 {
+        bail!("the device's convolutions differ from the CPU kernels by {worst:.2e} (limit 1e-3)");
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -194,6 +235,10 @@ pub fn main() -> Result<()> {
         Command::Classify(args) => crate::model_cli::classify_command(args),
         Command::Inspect(args) => crate::model_cli::inspect_command(args),
         Command::ExportOnnx(args) => crate::model_cli::export_onnx_command(args),
+        Command::GpuCheck(args) => {
+            device::set_threads(0);
+            gpu_check(args)
+        }
     }
 }
 

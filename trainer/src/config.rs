@@ -80,8 +80,45 @@ pub struct TrainConfig {
     pub ema_decay: f64,
     /// Update the EMA every this many steps.
     pub ema_every: usize,
-    /// Batches prepared ahead of the step.
+    /// Batches prepared ahead of the step (host loader).
     pub prefetch: usize,
+    /// What GPU convolutions compute in: `f32`, or `bf16`/`f16` (mixed precision:
+    /// parameters, batch norm, the loss and the optimizer stay f32). Ignored on the CPU.
+    pub precision: ComputePrecision,
+    /// Where batches are shuffled and augmented: `host` (a worker thread), `device`
+    /// (the whole training split resident on the device, augmented there each epoch), or
+    /// `auto` (device on a GPU, host on the CPU).
+    pub loader: LoaderKind,
+}
+
+/// The dtype GPU convolutions compute in.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputePrecision {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+impl ComputePrecision {
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            Self::F32 => candle_core::DType::F32,
+            Self::Bf16 => candle_core::DType::BF16,
+            Self::F16 => candle_core::DType::F16,
+        }
+    }
+}
+
+/// Where training batches are made.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LoaderKind {
+    #[default]
+    Auto,
+    Host,
+    Device,
 }
 
 /// Test-time augmentation.
@@ -157,6 +194,8 @@ impl Default for TrainConfig {
             ema_decay: 0.0,
             ema_every: 5,
             prefetch: 4,
+            precision: ComputePrecision::F32,
+            loader: LoaderKind::Auto,
         }
     }
 }

@@ -57,6 +57,11 @@ pub struct Summary {
     pub epochs: f64,
     pub steps: usize,
     pub train_secs: f64,
+    /// Timed as airbench times its runs: model setup (whitening init), training and the
+    /// final evaluation with TTA; not process start, data loading or the upload of the
+    /// training split to the device. This session only (a resumed run restarts it).
+    #[serde(default)]
+    pub timed_secs: f64,
     pub images_per_sec: f64,
     pub val_accuracy: f64,
     pub val_accuracy_tta: f64,

@@ -10,7 +10,8 @@ use candle_core::{Device, Tensor, D};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::config::{Config, Tta};
+use crate::config::{Config, LoaderKind, Tta};
+use crate::data::device_loader::{DeviceEpoch, DeviceSet};
 use crate::data::loader::{epoch_order, EpochPlan, Prefetcher};
 use crate::data::{Dataset, Split};
 use crate::eval;
@@ -161,7 +162,13 @@ pub fn fit(cfg: &Config, run: &RunDir, resume: Option<Checkpoint>, quiet: bool) 
         }
     }
     run.write_json("dataset.json", &DatasetRef { path: cfg.data.path.clone(), digest: digest.clone() })?;
+    if dev.is_cuda() {
+        crate::ops::set_compute_dtype(cfg.train.precision.dtype());
+        eprintln!("GPU convolutions compute in {:?} (cuDNN)", cfg.train.precision);
+    }
+    let setup_start = Instant::now();
     let net = build_model(cfg, &data, &dev)?;
+    let setup_secs = setup_start.elapsed().as_secs_f64();
     let steps_per_epoch = data.train_idx.len() / cfg.train.batch_size;
     let total_steps = ((cfg.train.epochs * steps_per_epoch as f64).round() as usize).max(1);
     eprintln!(
@@ -198,7 +205,7 @@ pub fn fit(cfg: &Config, run: &RunDir, resume: Option<Checkpoint>, quiet: bool) 
             t.progress.step_in_epoch
         );
     }
-    let train_secs = train_loop(&mut t, quiet)?;
+    let (train_secs, session_train_secs) = train_loop(&mut t, quiet)?;
     if INTERRUPTED.load(Ordering::SeqCst) {
         bail!(
             "interrupted: checkpoint saved at step {}; continue with `trainer fit --resume {}`",
@@ -208,8 +215,10 @@ pub fn fit(cfg: &Config, run: &RunDir, resume: Option<Checkpoint>, quiet: bool) 
     }
 
     // Final evaluation and the weights to keep.
-    let plain = t.evaluate(Tta::None)?;
-    let with_tta = if cfg.eval.tta == Tta::None { plain.clone() } else { t.evaluate(cfg.eval.tta)? };
+    let eval_start = Instant::now();
+    let with_tta = t.evaluate(cfg.eval.tta)?;
+    let eval_secs = eval_start.elapsed().as_secs_f64();
+    let plain = if cfg.eval.tta == Tta::None { with_tta.clone() } else { t.evaluate(Tta::None)? };
     let final_weights =
         if t.ema.enabled() && !t.ema.values.is_empty() { t.ema.values.clone() } else { t.net.params().snapshot() };
     crate::run::save_tensors(
@@ -225,6 +234,7 @@ pub fn fit(cfg: &Config, run: &RunDir, resume: Option<Checkpoint>, quiet: bool) 
         epochs: cfg.train.epochs,
         steps: t.progress.global_step,
         train_secs,
+        timed_secs: setup_secs + session_train_secs + eval_secs,
         images_per_sec: images as f64 / train_secs.max(1e-9),
         val_accuracy: plain.accuracy,
         val_accuracy_tta: with_tta.accuracy,
@@ -242,8 +252,38 @@ pub fn fit(cfg: &Config, run: &RunDir, resume: Option<Checkpoint>, quiet: bool) 
     Ok(summary)
 }
 
-/// Runs the remaining steps; returns the total training seconds (across resumes).
-fn train_loop(t: &mut Trainer, quiet: bool) -> Result<f64> {
+/// Where one epoch's batches come from.
+enum BatchSource {
+    Host(Prefetcher),
+    Device { epoch: DeviceEpoch, next: usize, steps: usize },
+}
+
+impl BatchSource {
+    /// The next batch `(x, y, step, host prep seconds)`, or `None` at the epoch's end.
+    fn next(&mut self, dev: &Device) -> Result<Option<(Tensor, Tensor, usize, f64)>> {
+        match self {
+            BatchSource::Host(loader) => {
+                let Some(b) = loader.next_batch() else { return Ok(None) };
+                let bsz = b.y.len();
+                let x = Tensor::from_vec(b.x, (bsz, 3, 32, 32), dev)?;
+                let y = Tensor::from_vec(b.y, bsz, dev)?;
+                Ok(Some((x, y, b.step, b.prep_secs)))
+            }
+            BatchSource::Device { epoch, next, steps } => {
+                if *next >= *steps {
+                    return Ok(None);
+                }
+                let (x, y) = epoch.batch(*next)?;
+                *next += 1;
+                Ok(Some((x, y, *next - 1, 0.0)))
+            }
+        }
+    }
+}
+
+/// Runs the remaining steps; returns the total training seconds (across resumes) and
+/// this session's (without the upload of the training split to the device).
+fn train_loop(t: &mut Trainer, quiet: bool) -> Result<(f64, f64)> {
     let cfg = t.cfg;
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(t.total_steps as u64) };
     bar.set_style(
@@ -252,6 +292,23 @@ fn train_loop(t: &mut Trainer, quiet: bool) -> Result<f64> {
     );
     bar.set_position(t.progress.global_step as u64);
     let norm = cifar_sdk::Normalization::CIFAR10.affine();
+    let on_device = match cfg.train.loader {
+        LoaderKind::Device => true,
+        LoaderKind::Host => false,
+        LoaderKind::Auto => t.dev.is_cuda(),
+    };
+    let device_set = if on_device {
+        let up = Instant::now();
+        let set = DeviceSet::upload(&t.data.split, &t.data.train_idx, cfg.augment.crop_padding, &norm, &t.dev)?;
+        eprintln!(
+            "loader: {} training images resident on the device ({:.2}s to upload)",
+            set.len(),
+            up.elapsed().as_secs_f64()
+        );
+        Some(set)
+    } else {
+        None
+    };
     let session_start = Instant::now();
     let base_elapsed = t.progress.elapsed_secs;
     let mut last_checkpoint = Instant::now();
@@ -269,18 +326,23 @@ fn train_loop(t: &mut Trainer, quiet: bool) -> Result<f64> {
             augment: cfg.augment,
             norm,
         };
-        let mut loader = Prefetcher::start(t.data.split.clone(), plan, cfg.train.prefetch);
-        let mut wait_secs = 0f64;
         let epoch_start = Instant::now();
+        let mut loader = match &device_set {
+            Some(set) => BatchSource::Device {
+                epoch: set.epoch(cfg.seed, epoch, cfg.train.batch_size, steps, &cfg.augment)?,
+                next: plan.first_step,
+                steps,
+            },
+            None => BatchSource::Host(Prefetcher::start(t.data.split.clone(), plan, cfg.train.prefetch)),
+        };
+        let mut wait_secs = 0f64;
         loop {
             let wait = Instant::now();
-            let Some(batch) = loader.next_batch() else { break };
+            let Some((x, y, batch_step, prep_secs)) = loader.next(&t.dev)? else { break };
             let waited = wait.elapsed().as_secs_f64();
             wait_secs += waited;
             let step_start = Instant::now();
-            let bsz = batch.y.len();
-            let x = Tensor::from_vec(batch.x, (bsz, 3, 32, 32), &t.dev)?;
-            let y = Tensor::from_vec(batch.y, bsz, &t.dev)?;
+            let bsz = y.dim(0)?;
             let lr = lr_at(&cfg.train, t.progress.global_step, t.total_steps, t.steps_per_epoch);
             let logits = t.net.forward(&x, true)?;
             let loss = smoothed_cross_entropy(&logits, &y, cfg.train.label_smoothing)?;
@@ -295,7 +357,7 @@ fn train_loop(t: &mut Trainer, quiet: bool) -> Result<f64> {
                 );
             }
             t.progress.global_step += 1;
-            t.progress.step_in_epoch = batch.step + 1;
+            t.progress.step_in_epoch = batch_step + 1;
             t.ema.update(t.net.params(), t.progress.global_step)?;
             let step_secs = step_start.elapsed().as_secs_f64();
             t.progress.epoch_loss_sum += loss_v;
@@ -304,7 +366,7 @@ fn train_loop(t: &mut Trainer, quiet: bool) -> Result<f64> {
             t.run.log(&json!({
                 "kind": "step", "step": t.progress.global_step, "epoch": epoch + 1, "loss": loss_v, "lr": lr,
                 "images_per_sec": bsz as f64 / (step_secs + waited), "step_ms": step_secs * 1e3,
-                "data_wait_ms": waited * 1e3, "data_prep_ms": batch.prep_secs * 1e3,
+                "data_wait_ms": waited * 1e3, "data_prep_ms": prep_secs * 1e3,
             }))?;
             bar.set_position(t.progress.global_step as u64);
             bar.set_message(format!(
@@ -321,7 +383,7 @@ fn train_loop(t: &mut Trainer, quiet: bool) -> Result<f64> {
                 last_checkpoint = Instant::now();
                 if INTERRUPTED.load(Ordering::SeqCst) {
                     bar.abandon();
-                    return Ok(t.progress.elapsed_secs);
+                    return Ok((t.progress.elapsed_secs, session_start.elapsed().as_secs_f64()));
                 }
             }
         }
@@ -359,7 +421,7 @@ fn train_loop(t: &mut Trainer, quiet: bool) -> Result<f64> {
         last_checkpoint = Instant::now();
     }
     bar.finish_and_clear();
-    Ok(t.progress.elapsed_secs)
+    Ok((t.progress.elapsed_secs, session_start.elapsed().as_secs_f64()))
 }
 
 /// Installs the Ctrl-C / SIGTERM handler: the first signal asks the loop to save and

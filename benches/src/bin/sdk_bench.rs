@@ -3,6 +3,9 @@
 //! ONNX Runtime with the same inputs and threads.
 //!
 //!   sdk-bench --model fixtures/models/cpu-int8.cifar --batch 64 --threads 1
+//!
+//! With the `cuda` feature, `--device gpu` times the GPU engine, and `--agreement DIR`
+//! first compares its logits on the images in DIR with the CPU engine's (f32).
 
 use std::time::{Duration, Instant};
 
@@ -26,13 +29,60 @@ struct Args {
     /// Seconds of timed runs (after one second of warm-up); at least 5 runs.
     #[arg(long, default_value_t = 2.0)]
     seconds: f64,
+    /// Device policy: cpu, gpu, gpu-or-cpu or auto.
+    #[arg(long, default_value = "cpu")]
+    device: cifar_sdk::DevicePolicy,
+    /// A folder of images: before timing, report the largest relative difference between
+    /// this device's logits and the CPU engine's on them (in the JSON line).
+    #[arg(long)]
+    agreement: Option<std::path::PathBuf>,
+}
+
+/// Largest |a - b| over the largest |b|, across all images' logits.
+fn max_relative_error(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+/// This model's logits on every image in `dir` against the CPU engine's:
+/// `(images, max relative error, top-1 agreement)`.
+fn agreement(
+    model: &std::sync::Arc<Model>,
+    path: &std::path::Path,
+    dir: &std::path::Path,
+) -> Result<(usize, f32, f64)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    files.sort();
+    let mut px = Vec::new();
+    for f in &files {
+        let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+        px.extend(cifar_sdk::image::decode_rgb8(&bytes, 32, 32).with_context(|| format!("{}", f.display()))?);
+    }
+    let n = files.len();
+    anyhow::ensure!(n > 0, "no images in {}", dir.display());
+    let cpu_opts = cifar_sdk::ModelOptions { device: cifar_sdk::DevicePolicy::Cpu, threads: 1, max_batch: 256 };
+    let cpu = Model::open(path, &cpu_opts)?;
+    let want = cpu.session()?.logits_rgb8(&px, n)?;
+    let got = model.session()?.logits_rgb8(&px, n)?;
+    let c = model.classes().max(1);
+    let same = got
+        .chunks(c)
+        .zip(want.chunks(c))
+        .filter(|(a, b)| cifar_sdk::top_k_indices(a, 1) == cifar_sdk::top_k_indices(b, 1))
+        .count();
+    Ok((n, max_relative_error(&got, &want), same as f64 / n as f64))
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
     let opts = cifar_benches::options(args.threads);
-    let opts = cifar_sdk::ModelOptions { max_batch: args.batch.max(1), ..opts };
+    let opts = cifar_sdk::ModelOptions { max_batch: args.batch.max(1), device: args.device, ..opts };
     let model = Model::open(&args.model, &opts).with_context(|| format!("cannot open {}", args.model.display()))?;
+    eprintln!("sdk-bench: {} on {} ({})", args.model.display(), model.device(), model.device_reason());
+    let agree = args.agreement.as_deref().map(|dir| agreement(&model, &args.model, dir)).transpose()?;
     let mut session = model.session()?;
     let x = cifar_benches::nchw_input(args.batch);
     let mut out = vec![0f32; args.batch * model.classes()];
@@ -54,7 +104,9 @@ fn main() -> Result<()> {
         serde_json::json!({
             "runtime": "cifar-sdk", "precision": model.precision().to_string(), "batch": args.batch,
             "threads": args.threads, "median_ms": median * 1e3, "images_per_s": args.batch as f64 / median,
-            "runs": times.len(),
+            "runs": times.len(), "device": model.device().to_string(),
+            "agreement_images": agree.map(|a| a.0), "max_rel_err_vs_cpu": agree.map(|a| a.1),
+            "top1_agreement_vs_cpu": agree.map(|a| a.2),
         })
     );
     Ok(())

@@ -15,6 +15,7 @@
 //! version.
 
 pub mod cifar_bin;
+pub mod device_loader;
 pub mod image_folder;
 pub mod loader;
 pub mod split;

@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use super::{cpu_f32, tensor_from_vec};
 
 /// Shapes of one convolution call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConvGeom {
     pub n: usize,
     pub c: usize,
@@ -406,10 +406,21 @@ impl CustomOp2 for FastConv2d {
     }
 }
 
-/// `conv2d(x, w)` with the fast CPU kernels; on other devices, candle's own conv2d.
+/// `conv2d(x, w)`: the fast CPU kernels on the CPU, cuDNN forward and backward on CUDA
+/// (in the compute dtype of [`super::compute_dtype`], result in f32), candle's own conv2d
+/// when `trainer bench` asks for it.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> candle_core::Result<Tensor> {
     if super::use_fast(x.device(), true) && x.dtype() == candle_core::DType::F32 {
         x.apply_op2(w, FastConv2d { stride, padding })
+    } else if x.device().is_cuda() && super::backend() != super::Backend::Candle {
+        let op = super::device_conv::DeviceConv2d { stride, padding };
+        let dt = super::compute_dtype();
+        if dt == x.dtype() && dt == w.dtype() {
+            x.contiguous()?.apply_op2(&w.contiguous()?, op)
+        } else {
+            let y = x.to_dtype(dt)?.contiguous()?.apply_op2(&w.to_dtype(dt)?.contiguous()?, op)?;
+            y.to_dtype(x.dtype())
+        }
     } else {
         x.conv2d(w, padding, stride, 1, 1)
     }

@@ -1,4 +1,5 @@
-//! CPU training kernels wrapped as candle custom ops.
+//! Training kernels wrapped as candle custom ops: fast CPU kernels, and cuDNN
+//! convolutions for CUDA ([`device_conv`]).
 //!
 //! candle 0.11's CPU backend is correct but slow for training small conv nets: its conv
 //! backward is a naive loop and batch norm in train mode is a chain of elementwise ops.
@@ -9,11 +10,12 @@ pub mod act;
 pub mod batchnorm;
 pub mod bias_act;
 pub mod conv;
+pub mod device_conv;
 pub mod pool;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use candle_core::{CpuStorage, Device, Layout, Storage, Tensor};
+use candle_core::{CpuStorage, DType, Device, Layout, Storage, Tensor};
 
 /// Which kernels the layers use on the CPU: ours (the default), or candle's built-in
 /// ones, kept selectable so `trainer bench` can compare them in one run.
@@ -38,6 +40,29 @@ pub fn backend() -> Backend {
         1 => Backend::CandleConv,
         2 => Backend::Candle,
         _ => Backend::Fast,
+    }
+}
+
+static COMPUTE_DTYPE: AtomicU8 = AtomicU8::new(0);
+
+/// Sets the dtype convolutions compute in on a GPU (mixed precision): f32 (the
+/// default), f16 or bf16. Weights and activations stay f32 between ops; each conv casts
+/// its inputs, runs on tensor cores with f32 accumulation, and casts its result back.
+pub fn set_compute_dtype(dt: DType) {
+    let code = match dt {
+        DType::F16 => 1,
+        DType::BF16 => 2,
+        _ => 0,
+    };
+    COMPUTE_DTYPE.store(code, Ordering::SeqCst);
+}
+
+/// The dtype of GPU convolutions (see [`set_compute_dtype`]).
+pub fn compute_dtype() -> DType {
+    match COMPUTE_DTYPE.load(Ordering::SeqCst) {
+        1 => DType::F16,
+        2 => DType::BF16,
+        _ => DType::F32,
     }
 }
 

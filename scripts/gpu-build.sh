@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Builds the `cuda` binaries here (no GPU needed) and stages what the GPU machine needs
+# in .gpu-carry/ (git-ignored): the stripped trainer and sdk-bench binaries, the
+# training data, the reference PyTorch script. scripts/gpu-measure.sh runs there.
+# About 20 minutes on 2 cores from clean (candle's CUDA kernels), a minute after that.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/cuda-env.sh
+cargo build --release --locked -p cifar-trainer -p cifar-benches --features cifar-trainer/cuda,cifar-benches/cuda \
+  --bin trainer --bin sdk-bench
+stage=.gpu-carry
+rm -rf "$stage" && mkdir -p "$stage/bin" "$stage/data"
+for b in trainer sdk-bench; do
+  strip -o "$stage/bin/$b" "$CARGO_TARGET_DIR/release/$b"
+done
+cp ../shared/data/cifar10-train-jpg.tar.gz "$stage/data/" 2>/dev/null ||
+  echo "warning: ../shared/data/cifar10-train-jpg.tar.gz not found; stage the data yourself" >&2
+cp benches/gpu/torch_reference.py "$stage/"
+du -sh "$stage"/* "$stage"
+echo "staged $stage: run scripts/gpu-measure.sh on the GPU machine with .gpu-carry carried"
