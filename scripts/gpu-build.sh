@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the `cuda` binaries here (no GPU needed) and stages what the GPU machine needs
-# in .gpu-carry/ (git-ignored): the stripped trainer and sdk-bench binaries, the
+# in .gpu-carry/ (git-ignored): the stripped trainer and sdk-bench binaries (xz), the
 # training data, the reference PyTorch script. scripts/gpu-measure.sh runs there.
 # About 20 minutes on 2 cores from clean (candle's CUDA kernels), a minute after that.
 set -euo pipefail
@@ -13,6 +13,9 @@ rm -rf "$stage" && mkdir -p "$stage/bin" "$stage/data"
 for b in trainer sdk-bench; do
   strip -o "$stage/bin/$b" "$CARGO_TARGET_DIR/release/$b"
 done
+# About 110 MB stripped (candle's PTX is text): compressed to ~14 MB, since the tree
+# that travels to the GPU machine is limited to 64 MiB.
+tar -C "$stage" -cJf "$stage/bin.tar.xz" bin && rm -rf "$stage/bin"
 cp ../shared/data/cifar10-train-jpg.tar.gz "$stage/data/" 2>/dev/null ||
   echo "warning: ../shared/data/cifar10-train-jpg.tar.gz not found; stage the data yourself" >&2
 cp benches/gpu/torch_reference.py "$stage/"

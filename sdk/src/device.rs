@@ -55,8 +55,14 @@ impl std::fmt::Display for Device {
 fn open_gpu() -> std::result::Result<(Device, candle_core::Device), String> {
     match candle_core::Device::new_cuda(0) {
         Ok(d) => Ok((Device::Cuda(0), d)),
-        Err(e) => Err(format!("no usable CUDA GPU ({e})")),
+        Err(e) => Err(format!("no usable CUDA GPU ({})", first_line(&e))),
     }
+}
+
+/// The first line of an error (candle appends a backtrace when one was captured).
+#[cfg(feature = "cuda")]
+fn first_line(e: &dyn std::fmt::Display) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -20,7 +20,8 @@ use crate::{Error, Result};
 
 /// Wraps a candle error with what the engine was doing.
 fn dev_err(what: &str) -> impl Fn(candle_core::Error) -> Error + '_ {
-    move |e| Error::Device(format!("{what}: {e}"))
+    // candle appends a backtrace when one was captured: keep the message only.
+    move |e| Error::Device(format!("{what}: {}", e.to_string().lines().next().unwrap_or_default()))
 }
 
 /// One node's operation, with its weights on the device.

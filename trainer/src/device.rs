@@ -31,7 +31,10 @@ pub fn select(spec: &str) -> Result<(Device, String)> {
 
 #[cfg(feature = "cuda")]
 fn cuda(ordinal: usize) -> std::result::Result<Device, String> {
-    Device::new_cuda(ordinal).map_err(|e| format!("CUDA device {ordinal} could not be opened: {e}"))
+    Device::new_cuda(ordinal).map_err(|e| {
+        let e = e.to_string();
+        format!("CUDA device {ordinal} could not be opened: {}", e.lines().next().unwrap_or_default())
+    })
 }
 
 #[cfg(not(feature = "cuda"))]
