@@ -14,11 +14,12 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check onnxruntime numpy
 cargo build --release --locked -p cifar-benches --bin sdk-bench -p cifar-trainer >&2
+source scripts/target-dir.sh
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 specs=()
 add() { # NAME PRECISION CIFAR
-  target/release/trainer export-onnx "$3" -o "$work/$1-$2.onnx" --no-check >&2
+  "$target"/release/trainer export-onnx "$3" -o "$work/$1-$2.onnx" --no-check >&2
   specs+=(--model "$1=$3=$work/$1-$2.onnx")
 }
 if [ $# -eq 0 ]; then
@@ -30,4 +31,4 @@ else
   done
 fi
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, flags: $(grep -m1 -o -w -E 'avx2|avx512f|fma|avx512_vnni|avx_vnni' /proc/cpuinfo | sort -u | xargs)"
-"$venv/bin/python" benches/compare/compare.py --sdk-bench target/release/sdk-bench "${specs[@]}"
+"$venv/bin/python" benches/compare/compare.py --sdk-bench "$target"/release/sdk-bench "${specs[@]}"

@@ -8,6 +8,7 @@
 
 use std::time::Instant;
 
+use cifar_cli_io::outln;
 use cifar_sdk::{DevicePolicy, Model, ModelOptions};
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -15,17 +16,26 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
+    cifar_cli_io::exit_status(run())
+}
+
+fn run() -> anyhow::Result<()> {
     let paths: Vec<String> = std::env::args().skip(1).collect();
     if paths.is_empty() {
-        return Err("usage: latency MODEL.cifar [MODEL.cifar ...]".into());
+        anyhow::bail!("usage: latency MODEL.cifar [MODEL.cifar ...]");
     }
     let threads: usize = std::env::var("THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let iters: usize = std::env::var("ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
-    println!(
+    outln!(
         "{:<40} {:>9} {:>7} {:>6} {:>12} {:>12}",
-        "model", "precision", "threads", "batch", "median ms", "images/s"
-    );
+        "model",
+        "precision",
+        "threads",
+        "batch",
+        "median ms",
+        "images/s"
+    )?;
     for path in &paths {
         let opts = ModelOptions { device: DevicePolicy::Cpu, threads, max_batch: 64 };
         let model = Model::open(path, &opts)?;
@@ -46,7 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 })
                 .collect::<Result<_, _>>()?;
             let m = median(times);
-            println!(
+            outln!(
                 "{:<40} {:>9} {:>7} {:>6} {:>12.3} {:>12.0}",
                 path,
                 model.precision().to_string(),
@@ -54,7 +64,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 batch,
                 m * 1e3,
                 batch as f64 / m
-            );
+            )?;
         }
     }
     Ok(())

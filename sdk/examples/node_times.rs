@@ -5,10 +5,15 @@
 
 use std::time::Instant;
 
+use cifar_cli_io::outln;
 use cifar_sdk::{DevicePolicy, Model, ModelOptions};
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = std::env::args().nth(1).ok_or("usage: node_times MODEL.cifar (f32)")?;
+fn main() -> std::process::ExitCode {
+    cifar_cli_io::exit_status(run())
+}
+
+fn run() -> anyhow::Result<()> {
+    let path = std::env::args().nth(1).ok_or_else(|| anyhow::anyhow!("usage: node_times MODEL.cifar (f32)"))?;
     let model = Model::open(&path, &ModelOptions { device: DevicePolicy::Cpu, threads: 1, max_batch: 64 })?;
     let mut s = model.session()?;
     let x: Vec<f32> = (0..64 * 3 * 32 * 32).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
@@ -25,7 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })?;
     }
     for (n, t) in nodes.iter().zip(&total) {
-        println!("{:<20} {:<16} {:>8.2} ms", n.name, n.op.kind(), t * 100.0);
+        outln!("{:<20} {:<16} {:>8.2} ms", n.name, n.op.kind(), t * 100.0)?;
     }
     Ok(())
 }

@@ -62,9 +62,9 @@ fn time_steps(cfg: &Config, backend: Backend, batch: usize, steps: usize, data: 
     let secs = t.elapsed().as_secs_f64() / steps as f64;
     let times = crate::ops::timing::take();
     if !times.is_empty() {
-        eprintln!("per-step time by part ({backend:?}):");
+        errln!("per-step time by part ({backend:?}):");
         for (name, total, calls) in times {
-            eprintln!("  {name:<24} {:>8.1} ms/step  ({} calls/step)", 1e3 * total / steps as f64, calls / steps);
+            errln!("  {name:<24} {:>8.1} ms/step  ({} calls/step)", 1e3 * total / steps as f64, calls / steps);
         }
     }
     set_backend(Backend::Fast);
@@ -85,9 +85,10 @@ fn time_steps(cfg: &Config, backend: Backend, batch: usize, steps: usize, data: 
 pub fn run(cfg: &Config, batch: usize, steps: usize, with_candle: bool) -> Result<()> {
     let data = synthetic(batch.max(512), cfg.seed);
     let threads = rayon::current_num_threads();
-    eprintln!(
+    errln!(
         "benchmark: {:?} {:?}, batch {batch}, {steps} timed steps after one warm-up, {threads} threads",
-        cfg.model.kind, cfg.model.widths
+        cfg.model.kind,
+        cfg.model.widths
     );
     let mut rows = vec![time_steps(cfg, Backend::Fast, batch, steps, &data)?];
     if with_candle {
@@ -95,10 +96,10 @@ pub fn run(cfg: &Config, batch: usize, steps: usize, with_candle: bool) -> Resul
         rows.push(time_steps(cfg, Backend::Candle, batch, steps.min(3), &data)?);
     }
     let base = rows[0].ms;
-    println!("| training step (fwd + bwd + SGD), batch {batch} | ms/step | images/s | GFLOP/s | time vs ours |");
-    println!("|---|---:|---:|---:|---:|");
+    outln!("| training step (fwd + bwd + SGD), batch {batch} | ms/step | images/s | GFLOP/s | time vs ours |")?;
+    outln!("|---|---:|---:|---:|---:|")?;
     for r in &rows {
-        println!("| {} | {:.0} | {:.0} | {:.1} | {:.2}x |", r.name, r.ms, r.images_per_sec, r.gflops, r.ms / base);
+        outln!("| {} | {:.0} | {:.0} | {:.1} | {:.2}x |", r.name, r.ms, r.images_per_sec, r.gflops, r.ms / base)?;
     }
     // The loader: one worker thread preparing augmented, normalized batches.
     let idx: Vec<u32> = (0..batch as u32).map(|i| i % data.len() as u32).collect();
@@ -109,11 +110,11 @@ pub fn run(cfg: &Config, batch: usize, steps: usize, with_candle: bool) -> Resul
         let _ = fill(&data, &idx, |i| random_view(&Augment::default(), 1, r, i), &norm);
     }
     let per_batch = t.elapsed().as_secs_f64() / reps as f64;
-    println!(
+    outln!(
         "\nloader: {:.2} ms per batch of {batch} on one thread ({:.0} images/s), {:.1}% of a training step",
         per_batch * 1e3,
         batch as f64 / per_batch,
         100.0 * per_batch * 1e3 / base
-    );
+    )?;
     Ok(())
 }

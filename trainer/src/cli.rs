@@ -34,7 +34,8 @@ enum Command {
     Data(DataCommand),
     /// Train a model from a TOML config.
     Fit(FitArgs),
-    /// Evaluate a trained run on its validation split.
+    /// Evaluate a trained run (its checkpoint) or a compiled `.cifar` file on a dataset's
+    /// validation or test split: accuracy, per-class accuracy, confusion matrix.
     Eval(EvalArgs),
     /// Time a training step with our CPU kernels against candle's.
     Bench(BenchArgs),
@@ -65,7 +66,7 @@ struct GpuCheckArgs {
 
 fn gpu_check(args: GpuCheckArgs) -> Result<()> {
     let (dev, why) = device::select(&args.device)?;
-    println!("device: {why}");
+    outln!("device: {why}")?;
     let n = args.batch.max(1);
     // The airbench94 layers (widths 64/256/256) and the 2x2 whitening conv.
     let shapes = [
@@ -77,13 +78,13 @@ fn gpu_check(args: GpuCheckArgs) -> Result<()> {
         (n, 256, 3, 256, 3),
     ];
     let rows = crate::ops::device_conv::compare_with_cpu(&dev, &shapes)?;
-    println!("| conv | forward | input grad | weight grad |\n| --- | --- | --- | --- |");
+    outln!("| conv | forward | input grad | weight grad |\n| --- | --- | --- | --- |")?;
     let mut worst = 0f32;
     for (label, f, dx, dw) in &rows {
-        println!("| {label} | {f:.2e} | {dx:.2e} | {dw:.2e} |");
+        outln!("| {label} | {f:.2e} | {dx:.2e} | {dw:.2e} |")?;
         worst = worst.max(*f).max(*dx).max(*dw);
     }
-    println!("largest relative error: {worst:.2e} (limit 1e-3)");
+    outln!("largest relative error: {worst:.2e} (limit 1e-3)")?;
     if worst.is_nan() || worst >= 1e-3 {
         bail!("the device's convolutions differ from the CPU kernels by {worst:.2e} (limit 1e-3)");
     }
@@ -185,14 +186,32 @@ enum TtaArg {
 }
 
 #[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["run", "model"]), after_help = "\
+Examples:
+  trainer eval --run runs/<id> --tta                 # the run's checkpoint, with TTA
+  trainer eval --model model.cifar                   # the file you ship, on data/cifar10's validation split
+  trainer eval --model model.cifar --data D --test   # on the test split of dataset D")]
 struct EvalArgs {
-    /// The run directory.
+    /// A run directory: evaluates its trained weights (writes the report into the run).
     #[arg(long)]
-    run: PathBuf,
+    run: Option<PathBuf>,
+    /// A compiled model file: evaluates it through the SDK, as a user of the file would
+    /// run it (int8 files in int8).
+    #[arg(long, value_name = "FILE.cifar")]
+    model: Option<PathBuf>,
+    /// With --model: the dataset directory (made by `trainer data import` or `fetch`).
+    #[arg(long, requires = "model", default_value = "data/cifar10")]
+    data: PathBuf,
+    /// With --model: also write the report as `<split>-<tta>.json` and the confusion
+    /// matrix as PNG into this directory.
+    #[arg(long, requires = "model", value_name = "DIR")]
+    out: Option<PathBuf>,
     /// Evaluate with test-time augmentation (flip + translate); or pick a level.
     #[arg(long, num_args = 0..=1, default_missing_value = "flip-translate")]
     tta: Option<TtaArg>,
-    /// Evaluate on the dataset's test split instead of the validation split.
+    /// Evaluate on the dataset's test split instead of the validation split (the
+    /// official binary archive has one; an ImageFolder import has one when its archive
+    /// holds a `test/` folder).
     #[arg(long)]
     test: bool,
 }
@@ -242,17 +261,17 @@ pub fn main() -> Result<()> {
     }
 }
 
-fn print_dataset(ds: &Dataset, dir: &Path) {
+fn print_dataset(ds: &Dataset, dir: &Path) -> std::io::Result<()> {
     let m = &ds.manifest;
-    println!("dataset {} ({})", dir.display(), m.source.location);
-    println!("  digest      {}", m.digest);
-    println!("  classes     {}", m.classes.join(", "));
+    outln!("dataset {} ({})", dir.display(), m.source.location)?;
+    outln!("  digest      {}", m.digest)?;
+    outln!("  classes     {}", m.classes.join(", "))?;
     for name in ["train", "test"] {
         if let Some(s) = m.splits.get(name) {
-            println!("  {name:<11} {} images", s.count);
+            outln!("  {name:<11} {} images", s.count)?;
         }
     }
-    println!("  validation  {} images held out of train (seed {})", m.validation.size, m.validation.seed);
+    outln!("  validation  {} images held out of train (seed {})", m.validation.size, m.validation.seed)
 }
 
 /// Images per row of `data export --sheet`.
@@ -286,7 +305,7 @@ fn export_images(dir: &Path, out: Option<&Path>, sheet: Option<&Path>, per_class
         chosen.push(img);
     }
     if let Some(out) = out {
-        println!("wrote {} images to {}", chosen.len(), out.display());
+        outln!("wrote {} images to {}", chosen.len(), out.display())?;
     }
     if let Some(sheet_path) = sheet {
         let rows = (chosen.len() as u32).div_ceil(SHEET_COLUMNS);
@@ -296,7 +315,7 @@ fn export_images(dir: &Path, out: Option<&Path>, sheet: Option<&Path>, per_class
             image::imageops::replace(&mut sheet, img, i64::from(x), i64::from(y));
         }
         cifar_sdk::write_atomic(sheet_path, &png_bytes(&sheet)?)?;
-        println!("wrote a sheet of {} images ({SHEET_COLUMNS} per row) to {}", chosen.len(), sheet_path.display());
+        outln!("wrote a sheet of {} images ({SHEET_COLUMNS} per row) to {}", chosen.len(), sheet_path.display())?;
     }
     Ok(())
 }
@@ -315,12 +334,12 @@ fn data_command(cmd: DataCommand, quiet: bool) -> Result<()> {
             let src = Source { kind: "image-folder".into(), location: source.display().to_string(), sha256: sha };
             let ds = Dataset::new(imported.classes, imported.train, imported.test, out.val_size, out.split_seed, src)?;
             ds.save(&out.out, out.force)?;
-            print_dataset(&ds, &out.out);
+            print_dataset(&ds, &out.out)?;
             if imported.resized > 0 {
-                println!("  note        {} images were not 32x32 and were resized", imported.resized);
+                outln!("  note        {} images were not 32x32 and were resized", imported.resized)?;
             }
             if imported.ignored_files > 0 {
-                println!("  note        {} files that are not images were ignored", imported.ignored_files);
+                outln!("  note        {} files that are not images were ignored", imported.ignored_files)?;
             }
             Ok(())
         }
@@ -335,7 +354,7 @@ fn data_command(cmd: DataCommand, quiet: bool) -> Result<()> {
                     std::fs::create_dir_all(parent)?;
                     let tmp = data::tempdir_in(parent, ".download")?;
                     let guard = data::RemoveOnDrop(Some(tmp.clone()));
-                    eprintln!("downloading {url}");
+                    errln!("downloading {url}");
                     (cifar_bin::download(&url, &tmp, quiet)?, url.clone(), Some(guard))
                 }
             };
@@ -344,33 +363,33 @@ fn data_command(cmd: DataCommand, quiet: bool) -> Result<()> {
             let src = Source { kind: "cifar10-binary".into(), location, sha256: Some(data::file_sha256(&path)?) };
             let ds = Dataset::new(parsed.classes, parsed.train, parsed.test, out.val_size, out.split_seed, src)?;
             ds.save(&out.out, out.force)?;
-            print_dataset(&ds, &out.out);
-            println!(
+            print_dataset(&ds, &out.out)?;
+            outln!(
                 "  checksum    {}",
                 if checked { "md5 verified" } else { "not checked (not the official file name; pass --md5 to check)" }
-            );
+            )?;
             Ok(())
         }
         DataCommand::Verify { dir } => {
             let ds = Dataset::load(&dir)?;
             ds.verify().with_context(|| format!("{} failed verification", dir.display()))?;
-            print_dataset(&ds, &dir);
-            println!("OK: content digest and validation split verified");
+            print_dataset(&ds, &dir)?;
+            outln!("OK: content digest and validation split verified")?;
             Ok(())
         }
         DataCommand::Stats { dir } => {
             let ds = Dataset::load(&dir)?;
-            print_dataset(&ds, &dir);
+            print_dataset(&ds, &dir)?;
             let classes = &ds.manifest.classes;
             for (name, split) in [("train", Some(&ds.train)), ("test", ds.test.as_ref())] {
                 let Some(split) = split else { continue };
                 let (mean, std) = data::channel_stats(split);
-                println!("\n{name}: {} images", split.len());
-                println!("  channel mean (R, G, B)  {:.4} {:.4} {:.4}", mean[0], mean[1], mean[2]);
-                println!("  channel std  (R, G, B)  {:.4} {:.4} {:.4}", std[0], std[1], std[2]);
-                println!("  {:<12} {:>7}", "class", "images");
+                outln!("\n{name}: {} images", split.len())?;
+                outln!("  channel mean (R, G, B)  {:.4} {:.4} {:.4}", mean[0], mean[1], mean[2])?;
+                outln!("  channel std  (R, G, B)  {:.4} {:.4} {:.4}", std[0], std[1], std[2])?;
+                outln!("  {:<12} {:>7}", "class", "images")?;
                 for (c, n) in classes.iter().zip(split.per_class_counts(classes.len())) {
-                    println!("  {c:<12} {n:>7}");
+                    outln!("  {c:<12} {n:>7}")?;
                 }
             }
             Ok(())
@@ -413,9 +432,9 @@ fn fit(args: FitArgs, quiet: bool) -> Result<()> {
         }
     };
     train::install_interrupt_handler();
-    eprintln!("run: {}", run.path.display());
+    errln!("run: {}", run.path.display());
     let s = train::fit(&cfg, &run, resume, quiet)?;
-    println!(
+    outln!(
         "done: {} steps in {:.0}s ({:.0} images/s); validation accuracy {:.2}%, with TTA ({}) {:.2}%",
         s.steps,
         s.train_secs,
@@ -423,13 +442,32 @@ fn fit(args: FitArgs, quiet: bool) -> Result<()> {
         100.0 * s.val_accuracy,
         s.tta,
         100.0 * s.val_accuracy_tta
-    );
-    println!("run directory: {}", run.path.display());
+    )?;
+    outln!("run directory: {}", run.path.display())?;
     Ok(())
 }
 
+impl TtaArg {
+    fn tta(self) -> Tta {
+        match self {
+            TtaArg::None => Tta::None,
+            TtaArg::Flip => Tta::Flip,
+            TtaArg::FlipTranslate => Tta::FlipTranslate,
+        }
+    }
+}
+
 fn eval_command(args: EvalArgs) -> Result<()> {
-    let run = RunDir::open(&args.run)?;
+    let tta = args.tta.map_or(Tta::None, TtaArg::tta);
+    let run = match (&args.run, &args.model) {
+        (_, Some(model)) => {
+            device::set_threads(0);
+            return crate::model_cli::eval_model(model, &args.data, args.test, tta, args.out.as_deref());
+        }
+        (Some(run), None) => run,
+        (None, None) => bail!("pass --run DIR or --model FILE.cifar"),
+    };
+    let run = RunDir::open(run)?;
     let cfg = Config::resolve(Some(&run.file("config.toml")), &[])?;
     device::set_threads(cfg.threads);
     let (dev, why) = device::select(&cfg.device)?;
@@ -447,20 +485,15 @@ fn eval_command(args: EvalArgs) -> Result<()> {
     let net = train::build_model(&cfg, &data, &dev)?;
     let (weights, which) = train::load_run_weights(&run, &dev)?;
     net.params().load(&weights, "")?;
-    let tta = match args.tta {
-        None | Some(TtaArg::None) => Tta::None,
-        Some(TtaArg::Flip) => Tta::Flip,
-        Some(TtaArg::FlipTranslate) => Tta::FlipTranslate,
-    };
     let (split, indices, split_name) = if args.test {
         let test = data.dataset.test.as_ref().context("this dataset has no test split")?;
         (test.clone(), (0..test.len() as u32).collect::<Vec<_>>(), "test")
     } else {
         (data.split.as_ref().clone(), data.val_idx.clone(), "validation")
     };
-    eprintln!("evaluating {which} on {} {split_name} images, TTA {tta:?}, device {why}", indices.len());
+    errln!("evaluating {which} on {} {split_name} images, TTA {tta:?}, device {why}", indices.len());
     let report = eval::evaluate(net.as_ref(), &split, &indices, tta, cfg.eval.batch_size, &dev)?;
-    print!("{}", eval::format_report(&report, &data.dataset.manifest.classes));
+    out!("{}", eval::format_report(&report, &data.dataset.manifest.classes))?;
     let stem = format!("eval-{split_name}-{}", format!("{tta:?}").to_lowercase());
     run.write_json(&format!("{stem}.json"), &report)?;
     plot::confusion_matrix(
@@ -468,7 +501,7 @@ fn eval_command(args: EvalArgs) -> Result<()> {
         &data.dataset.manifest.classes,
         &report.confusion,
     )?;
-    println!("\nwrote {0}/{stem}.json and {0}/{stem}-confusion.png", run.path.display());
+    outln!("\nwrote {0}/{stem}.json and {0}/{stem}-confusion.png", run.path.display())?;
     Ok(())
 }
 

@@ -6,6 +6,12 @@
 //! trainer eval --run runs/<id>
 //! ```
 
+// Output goes through `cifar_cli_io`'s macros: a closed stdout ends the program quietly.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+#[macro_use]
+extern crate cifar_cli_io;
+
 // glibc's allocator returns large tensor buffers to the OS after every op and faults
 // them in again on the next: about 30% of a training step on this CPU. mimalloc keeps
 // them. Decided here, in the binary, so no user has to tune their shell.
@@ -28,15 +34,12 @@ mod plot;
 mod run;
 mod train;
 
-fn main() {
+fn main() -> std::process::ExitCode {
     // mimalloc returns freed pages to the OS after 10 ms by default; a training step frees
     // and reallocates the same multi-megabyte tensors every few milliseconds, so each one
     // was faulted in (and zeroed) again: over 20% of a step. Keep freed memory instead.
     // SAFETY: setting an allocator option is a plain store into mimalloc's option table;
     // 15 is `mi_option_purge_delay` in mimalloc v3's `mi_option_e`, -1 means never purge.
     unsafe { libmimalloc_sys::mi_option_set(15, -1) };
-    if let Err(e) = cli::main() {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    cifar_cli_io::exit_status(cli::main())
 }

@@ -1,13 +1,16 @@
 //! `trainer compile`, `trainer classify` and `trainer inspect`: the commands around
 //! compiled `.cifar` files.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use cifar_sdk::{DevicePolicy, Model, ModelOptions, Precision};
 use clap::ValueEnum;
 
 use crate::compile::{compile, CompileOptions};
+use crate::config::Tta;
+use crate::data::Dataset;
+use crate::eval;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum PrecisionArg {
@@ -59,6 +62,10 @@ pub struct ClassifyArgs {
 pub struct InspectArgs {
     /// The compiled model.
     model: PathBuf,
+    /// Only the summary (file, precision, input, labels, provenance, quality), not the
+    /// graph and tensor table.
+    #[arg(long)]
+    brief: bool,
 }
 
 /// `trainer export-onnx`.
@@ -76,7 +83,7 @@ pub struct ExportOnnxArgs {
 
 pub fn export_onnx_command(args: ExportOnnxArgs) -> Result<()> {
     let summary = crate::onnx_export::export(&args.model, &args.out)?;
-    println!(
+    outln!(
         "wrote {} ({} ONNX opset {}, {} nodes, {} initializers, {} bytes)",
         args.out.display(),
         summary.precision,
@@ -84,9 +91,9 @@ pub fn export_onnx_command(args: ExportOnnxArgs) -> Result<()> {
         summary.nodes,
         summary.initializers,
         summary.bytes
-    );
+    )?;
     if summary.precision == Precision::Int8 {
-        println!("int8 is exported as a QDQ model: ONNX Runtime runs it; candle-onnx has no QuantizeLinear");
+        outln!("int8 is exported as a QDQ model: ONNX Runtime runs it; candle-onnx has no QuantizeLinear")?;
         return Ok(());
     }
     if args.no_check {
@@ -100,7 +107,7 @@ pub fn export_onnx_command(args: ExportOnnxArgs) -> Result<()> {
     let sdk = model.session()?.logits_nchw(&x, n)?;
     let onnx = crate::onnx_export::candle_onnx_logits(&args.out, &x, n, [c, h, w])?;
     let err = crate::compile::max_relative_error(&sdk, &onnx, model.classes());
-    println!("checked with candle-onnx on {n} inputs: max relative logit error {err:.2e} against the SDK");
+    outln!("checked with candle-onnx on {n} inputs: max relative logit error {err:.2e} against the SDK")?;
     if err > 1e-4 {
         anyhow::bail!("the ONNX export disagrees with the SDK (max relative logit error {err:.2e} > 1e-4)");
     }
@@ -127,7 +134,7 @@ pub fn classify_command(args: ClassifyArgs) -> Result<()> {
     let device: DevicePolicy = args.device.parse()?;
     let model = Model::open(&args.model, &ModelOptions { device, ..Default::default() })
         .with_context(|| format!("cannot open {}", args.model.display()))?;
-    eprintln!(
+    errln!(
         "{} model, {} classes, device {} ({})",
         model.precision(),
         model.classes(),
@@ -151,15 +158,15 @@ pub fn classify_command(args: ClassifyArgs) -> Result<()> {
                 if args.logits {
                     line["logits"] = serde_json::json!(c.logits);
                 }
-                println!("{line}");
+                outln!("{line}")?;
             }
             Ok(c) => {
                 let top: Vec<String> = c.top.iter().map(|p| format!("{} {:.3}", p.label, p.probability)).collect();
-                println!("{}: {}", path.display(), top.join(", "));
+                outln!("{}: {}", path.display(), top.join(", "))?;
             }
             Err(e) => {
                 failed += 1;
-                eprintln!("{}: error: {e:#}", path.display());
+                errln!("{}: error: {e:#}", path.display());
             }
         }
     }
@@ -169,30 +176,98 @@ pub fn classify_command(args: ClassifyArgs) -> Result<()> {
     Ok(())
 }
 
+/// `trainer eval --model`: the accuracy of a compiled file on a dataset's validation
+/// split (or test split), computed through the SDK exactly as the file runs for its
+/// users, so it can be compared with the file's own compile-time report.
+pub fn eval_model(path: &Path, data: &Path, test: bool, tta: Tta, out: Option<&Path>) -> Result<()> {
+    let model = Model::open(path, &ModelOptions { device: DevicePolicy::Cpu, threads: 1, max_batch: 64 })
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let ds = Dataset::load(data)?;
+    let classes = &ds.manifest.classes;
+    if model.labels() != classes.as_slice() {
+        bail!(
+            "{} classifies into [{}], but dataset {} has the classes [{}]",
+            path.display(),
+            model.labels().join(", "),
+            data.display(),
+            classes.join(", ")
+        );
+    }
+    let trained_on = &model.metadata().provenance.dataset_digest;
+    let (split, indices, split_name) = if test {
+        let t = ds.test.as_ref().with_context(|| {
+            format!(
+                "dataset {} has no test split (the official binary archive has one; see `trainer data fetch`)",
+                data.display()
+            )
+        })?;
+        (t, (0..t.len() as u32).collect::<Vec<_>>(), "test")
+    } else {
+        if *trained_on != ds.manifest.digest {
+            errln!(
+                "warning: {} was trained on dataset {trained_on}, not {} ({}): its validation split may \
+                 hold images the model was trained on",
+                path.display(),
+                data.display(),
+                ds.manifest.digest
+            );
+        }
+        (&ds.train, ds.val_indices.clone(), "validation")
+    };
+    errln!(
+        "evaluating {} ({}) on {} {split_name} images of {}, TTA {tta:?}",
+        path.display(),
+        model.precision(),
+        indices.len(),
+        data.display()
+    );
+    let logits = eval::sdk_logits(&model, split, &indices, tta)?;
+    let labels: Vec<u8> = indices.iter().map(|&i| split.labels[i as usize]).collect();
+    let report = eval::report(&logits, model.classes(), &labels);
+    out!("{}", eval::format_report(&report, classes))?;
+    let q = &model.metadata().quality;
+    if !test && tta == Tta::None && *trained_on == ds.manifest.digest && q.validation_images == indices.len() {
+        outln!(
+            "\ncompile report of this file: {:.2}% on the same {} validation images",
+            100.0 * q.compiled_accuracy,
+            q.validation_images
+        )?;
+    }
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let stem = format!("eval-{split_name}-{}", format!("{tta:?}").to_lowercase());
+        let json = serde_json::to_vec_pretty(&report)?;
+        cifar_sdk::write_atomic(&dir.join(format!("{stem}.json")), &json)?;
+        crate::plot::confusion_matrix(&dir.join(format!("{stem}-confusion.png")), classes, &report.confusion)?;
+        outln!("\nwrote {0}/{stem}.json and {0}/{stem}-confusion.png", dir.display())?;
+    }
+    Ok(())
+}
+
 pub fn inspect_command(args: InspectArgs) -> Result<()> {
     let model = Model::open(&args.model, &ModelOptions { device: DevicePolicy::Cpu, threads: 1, max_batch: 1 })
         .with_context(|| format!("cannot open {}", args.model.display()))?;
     let m = model.metadata();
     let a = model.artifact();
-    println!("file        {} ({} bytes, {})", args.model.display(), a.bytes().len(), a.checksum);
-    println!("precision   {}", model.precision());
-    println!(
+    outln!("file        {} ({} bytes, {})", args.model.display(), a.bytes().len(), a.checksum)?;
+    outln!("precision   {}", model.precision())?;
+    outln!(
         "input       {:?} (RGB, normalization mean {:?} std {:?})",
         model.input_shape(),
         m.preprocessing.normalization.mean,
         m.preprocessing.normalization.std
-    );
-    println!("labels      {}", m.labels.join(", "));
+    )?;
+    outln!("labels      {}", m.labels.join(", "))?;
     let p = &m.provenance;
-    println!("dataset     {}", p.dataset_digest);
-    println!(
+    outln!("dataset     {}", p.dataset_digest)?;
+    outln!(
         "trainer     {} (revision {}), run {}",
         p.trainer_version,
         if p.source_revision.is_empty() { "unknown" } else { &p.source_revision },
         p.run
-    );
+    )?;
     let q = &m.quality;
-    println!(
+    outln!(
         "quality     checkpoint {:.2}%, compiled {:.2}% on {} validation images{}",
         100.0 * q.checkpoint_accuracy,
         100.0 * q.compiled_accuracy,
@@ -202,11 +277,14 @@ pub fn inspect_command(args: InspectArgs) -> Result<()> {
         } else {
             format!(" ({} calibration, {} images)", q.calibration, q.calibration_images)
         }
-    );
+    )?;
     if let Some(d) = &m.drift {
-        println!("drift ref   {} images, {} features ({})", d.images, d.features.len(), d.source);
+        outln!("drift ref   {} images, {} features ({})", d.images, d.features.len(), d.source)?;
     }
-    println!("\n{:<20} {:<16} {:<14} {:<10} tensors", "node", "op", "output", "act/quant");
+    if args.brief {
+        return Ok(());
+    }
+    outln!("\n{:<20} {:<16} {:<14} {:<10} tensors", "node", "op", "output", "act/quant")?;
     for (node, info) in m.graph.nodes.iter().zip(&a.info.nodes) {
         let tensors: Vec<String> = a
             .tensors
@@ -215,14 +293,14 @@ pub fn inspect_command(args: InspectArgs) -> Result<()> {
             .map(|(n, t)| format!("{}{:?}:{}", n.rsplit_once('.').map(|x| x.1).unwrap_or(""), t.shape, t.dtype.name()))
             .collect();
         let quant = node.quant.map(|q| format!("q{:.3e}/{}", q.scale, q.zero_point)).unwrap_or_default();
-        println!(
+        outln!(
             "{:<20} {:<16} {:<14} {:<10} {}",
             node.name,
             node.op.kind(),
             format!("{:?}", info.shape),
             quant,
             tensors.join(" ")
-        );
+        )?;
     }
     Ok(())
 }

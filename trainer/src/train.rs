@@ -148,7 +148,7 @@ impl Trainer<'_> {
 /// Trains according to `cfg` in `run`, from scratch or from `resume`.
 pub fn fit(cfg: &Config, run: &RunDir, resume: Option<Checkpoint>, quiet: bool) -> Result<Summary> {
     let (dev, why) = crate::device::select(&cfg.device)?;
-    eprintln!("device: {why}; {} CPU threads", rayon::current_num_threads());
+    errln!("device: {why}; {} CPU threads", rayon::current_num_threads());
     let data = RunData::load(cfg)?;
     let digest = data.dataset.manifest.digest.clone();
     if let Some(ck) = &resume {
@@ -164,14 +164,14 @@ pub fn fit(cfg: &Config, run: &RunDir, resume: Option<Checkpoint>, quiet: bool) 
     run.write_json("dataset.json", &DatasetRef { path: cfg.data.path.clone(), digest: digest.clone() })?;
     if dev.is_cuda() {
         crate::ops::set_compute_dtype(cfg.train.precision.dtype());
-        eprintln!("GPU convolutions compute in {:?} (cuDNN)", cfg.train.precision);
+        errln!("GPU convolutions compute in {:?} (cuDNN)", cfg.train.precision);
     }
     let setup_start = Instant::now();
     let net = build_model(cfg, &data, &dev)?;
     let setup_secs = setup_start.elapsed().as_secs_f64();
     let steps_per_epoch = data.train_idx.len() / cfg.train.batch_size;
     let total_steps = ((cfg.train.epochs * steps_per_epoch as f64).round() as usize).max(1);
-    eprintln!(
+    errln!(
         "data: {} ({}), {} training / {} validation images; model: {:?} {:?}, {} parameters, {:.1} MFLOP/image",
         cfg.data.path,
         data.dataset.short_digest(),
@@ -198,7 +198,7 @@ pub fn fit(cfg: &Config, run: &RunDir, resume: Option<Checkpoint>, quiet: bool) 
     if let Some(ck) = resume {
         t.restore(&ck)?;
         run.truncate_records(t.progress.global_step)?;
-        eprintln!(
+        errln!(
             "resuming at step {} (epoch {}, step {} of it)",
             t.progress.global_step,
             t.progress.epoch + 1,
@@ -247,7 +247,7 @@ pub fn fit(cfg: &Config, run: &RunDir, resume: Option<Checkpoint>, quiet: bool) 
     run.write_json("summary.json", &summary)?;
     run.log(&json!({"kind": "final", "step": t.progress.global_step, "val_acc": plain.accuracy, "val_acc_tta": with_tta.accuracy, "train_secs": train_secs}))?;
     if let Err(e) = crate::plot::training_curves(run) {
-        eprintln!("warning: could not draw the training curves: {e:#}");
+        errln!("warning: could not draw the training curves: {e:#}");
     }
     Ok(summary)
 }
@@ -300,7 +300,7 @@ fn train_loop(t: &mut Trainer, quiet: bool) -> Result<(f64, f64)> {
     let device_set = if on_device {
         let up = Instant::now();
         let set = DeviceSet::upload(&t.data.split, &t.data.train_idx, cfg.augment.crop_padding, &norm, &t.dev)?;
-        eprintln!(
+        errln!(
             "loader: {} training images resident on the device ({:.2}s to upload)",
             set.len(),
             up.elapsed().as_secs_f64()
@@ -413,7 +413,7 @@ fn train_loop(t: &mut Trainer, quiet: bool) -> Result<(f64, f64)> {
             wait_secs
         );
         if bar.is_hidden() {
-            eprintln!("{line}");
+            errln!("{line}");
         } else {
             bar.println(line);
         }
@@ -431,7 +431,7 @@ pub fn install_interrupt_handler() {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
-        eprintln!("\ninterrupt: saving a checkpoint after this step (press Ctrl-C again to quit at once)");
+        errln!("\ninterrupt: saving a checkpoint after this step (press Ctrl-C again to quit at once)");
     });
 }
 

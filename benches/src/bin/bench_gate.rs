@@ -19,6 +19,9 @@
 //!
 //!   cargo run --release -p cifar-benches --bin bench-gate -- [--base REV] [--rounds 6] [--threshold 0.10]
 
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+use cifar_cli_io::{errln, outln};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -61,11 +64,15 @@ struct Build {
     exe: PathBuf,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    cifar_cli_io::exit_status(run())
+}
+
+fn run() -> Result<()> {
     let args = Args::parse();
     let started = Instant::now();
     let repo = git_root()?;
-    let work = repo.join("target/bench-gate");
+    let work = target_dir(&repo).join("bench-gate");
     std::fs::create_dir_all(&work)?;
     let models = repo.join("fixtures/models");
 
@@ -76,10 +83,10 @@ fn main() -> Result<()> {
         let rev = match git(&repo, &["rev-parse", "--verify", "--quiet", &format!("{}^{{commit}}", args.base)]) {
             Ok(rev) => rev,
             Err(_) => {
-                println!(
+                outln!(
                     "bench-gate: no baseline: revision `{}` is not available (shallow clone?); nothing to compare",
                     args.base
-                );
+                )?;
                 return Ok(());
             }
         };
@@ -91,7 +98,7 @@ fn main() -> Result<()> {
                 .with_context(|| format!("cannot check out {rev} into {}", dir.display()))?;
         }
         if !dir.join("benches/benches/inference.rs").exists() {
-            println!("bench-gate: no baseline: {} ({rev}) has no benchmarks yet; nothing to compare", args.base);
+            outln!("bench-gate: no baseline: {} ({rev}) has no benchmarks yet; nothing to compare", args.base)?;
             remove_worktree(&repo, &dir);
             return Ok(());
         }
@@ -104,18 +111,16 @@ fn main() -> Result<()> {
             if let Some(dir) = &worktree {
                 remove_worktree(&repo, dir);
             }
-            println!(
-                "bench-gate: no baseline: the base revision's benchmarks do not build ({e:#}); nothing to compare"
-            );
+            outln!("bench-gate: no baseline: the base revision's benchmarks do not build ({e:#}); nothing to compare")?;
             return Ok(());
         }
     };
-    println!(
+    outln!(
         "bench-gate: {} rounds of {GATED}, threshold {:.0}% beyond noise{}",
         args.rounds,
         args.threshold * 100.0,
         if args.slow_new { "; new build has slow-kernels" } else { "" }
-    );
+    )?;
     // medians[label][bench] = one median (ns) per round
     let mut medians: BTreeMap<&str, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
     for round in 0..args.rounds {
@@ -139,7 +144,7 @@ fn main() -> Result<()> {
                 medians.entry(b.label).or_default().entry(id).or_default().push(ns);
             }
         }
-        eprintln!("bench-gate: round {}/{} done ({:.0} s)", round + 1, args.rounds, started.elapsed().as_secs_f64());
+        errln!("bench-gate: round {}/{} done ({:.0} s)", round + 1, args.rounds, started.elapsed().as_secs_f64());
     }
     if let Some(dir) = &worktree {
         remove_worktree(&repo, dir);
@@ -147,7 +152,7 @@ fn main() -> Result<()> {
     let (Some(old_m), Some(new_m)) = (medians.get("old"), medians.get("new")) else {
         bail!("no benchmark results were found (did the filter {GATED} match nothing?)");
     };
-    println!("{:<24} {:>12} {:>12} {:>8} {:>8}  verdict", "benchmark", "old", "new", "ratio", "+-u");
+    outln!("{:<24} {:>12} {:>12} {:>8} {:>8}  verdict", "benchmark", "old", "new", "ratio", "+-u")?;
     let mut failed = 0;
     for (id, olds) in old_m {
         let Some(news) = new_m.get(id) else { continue };
@@ -164,19 +169,15 @@ fn main() -> Result<()> {
         } else {
             "pass"
         };
-        println!(
+        outln!(
             "{id:<24} {:>12} {:>12} {:>8.3} {:>7.1}%  {verdict}",
             fmt_ns(median(olds)),
             fmt_ns(median(news)),
             ratio,
             noise * 100.0
-        );
+        )?;
     }
-    println!(
-        "bench-gate: {} in {:.0} s",
-        if failed > 0 { "FAILED" } else { "passed" },
-        started.elapsed().as_secs_f64()
-    );
+    outln!("bench-gate: {} in {:.0} s", if failed > 0 { "FAILED" } else { "passed" }, started.elapsed().as_secs_f64())?;
     if failed > 0 {
         std::process::exit(1);
     }
@@ -224,14 +225,20 @@ fn remove_worktree(repo: &Path, dir: &Path) {
     }
 }
 
-/// Builds the `inference` bench of the checkout at `src` into the repository's target
+/// The target directory both builds share: `CARGO_TARGET_DIR` where the user (or
+/// scripts/bench-gate.sh, from `cargo metadata`) set it, else the repository's `target/`.
+fn target_dir(repo: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo.join("target"))
+}
+
+/// Builds the `inference` bench of the checkout at `src` into the shared target
 /// directory (dependencies are shared between the two builds) and returns its executable.
 fn build(repo: &Path, src: &Path, slow: bool, label: &'static str) -> Result<Build> {
-    eprintln!("bench-gate: building the {label} benchmarks ({})", src.display());
+    errln!("bench-gate: building the {label} benchmarks ({})", src.display());
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(src)
         .args(["bench", "--no-run", "--locked", "-p", "cifar-benches", "--bench", "inference", "--message-format=json"])
-        .env("CARGO_TARGET_DIR", repo.join("target"))
+        .env("CARGO_TARGET_DIR", target_dir(repo))
         .stderr(Stdio::inherit());
     if slow {
         cmd.args(["--features", "slow-kernels"]);

@@ -7,6 +7,9 @@
 //! With the `cuda` feature, `--device gpu` times the GPU engine, and `--agreement DIR`
 //! first compares its logits on the images in DIR with the CPU engine's (f32).
 
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+use cifar_cli_io::{errln, outln};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -76,12 +79,16 @@ fn agreement(
     Ok((n, max_relative_error(&got, &want), same as f64 / n as f64))
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    cifar_cli_io::exit_status(run())
+}
+
+fn run() -> Result<()> {
     let args = Args::parse();
     let opts = cifar_benches::options(args.threads);
     let opts = cifar_sdk::ModelOptions { max_batch: args.batch.max(1), device: args.device, ..opts };
     let model = Model::open(&args.model, &opts).with_context(|| format!("cannot open {}", args.model.display()))?;
-    eprintln!("sdk-bench: {} on {} ({})", args.model.display(), model.device(), model.device_reason());
+    errln!("sdk-bench: {} on {} ({})", args.model.display(), model.device(), model.device_reason());
     let agree = args.agreement.as_deref().map(|dir| agreement(&model, &args.model, dir)).transpose()?;
     let mut session = model.session()?;
     let x = cifar_benches::nchw_input(args.batch);
@@ -99,7 +106,7 @@ fn main() -> Result<()> {
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
-    println!(
+    outln!(
         "{}",
         serde_json::json!({
             "runtime": "cifar-sdk", "precision": model.precision().to_string(), "batch": args.batch,
@@ -108,6 +115,6 @@ fn main() -> Result<()> {
             "agreement_images": agree.map(|a| a.0), "max_rel_err_vs_cpu": agree.map(|a| a.1),
             "top1_agreement_vs_cpu": agree.map(|a| a.2),
         })
-    );
+    )?;
     Ok(())
 }

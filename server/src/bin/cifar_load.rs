@@ -6,6 +6,9 @@
 //!   cifar-load --url http://127.0.0.1:8080 --model tiny --endpoint infer-binary \
 //!       --image fixtures/images/*.png --requests 20000 --concurrency 64
 
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+use cifar_cli_io::outln;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -68,7 +71,11 @@ struct ClientStats {
     errors: BTreeMap<String, usize>,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    cifar_cli_io::exit_status(run())
+}
+
+fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.concurrency == 0 || args.requests == 0 {
         bail!("--concurrency and --requests must be at least 1");
@@ -114,12 +121,12 @@ fn main() -> anyhow::Result<()> {
             "ok": latencies.len(), "failed": failed, "errors": errors, "seconds": elapsed.as_secs_f64(),
             "requests_per_s": rps, "p50_ms": pct(0.5), "p90_ms": pct(0.9), "p99_ms": pct(0.99), "max_ms": pct(1.0),
         });
-        println!("{report}");
+        outln!("{report}")?;
     } else {
         if !args.no_header {
-            print_header();
+            print_header()?;
         }
-        println!(
+        outln!(
             "{:<14} {:>5} {:>8} {:>7} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
             format!("{:?}", args.endpoint),
             args.concurrency,
@@ -130,22 +137,30 @@ fn main() -> anyhow::Result<()> {
             pct(0.9),
             pct(0.99),
             pct(1.0)
-        );
+        )?;
         for (k, v) in &errors {
-            println!("  {v} x {k}");
+            outln!("  {v} x {k}")?;
         }
     }
     if failed > 0 && !args.allow_errors {
-        std::process::exit(1);
+        anyhow::bail!("{failed} of {} requests failed (pass --allow-errors to exit 0 anyway)", args.requests);
     }
     Ok(())
 }
 
-fn print_header() {
-    println!(
+fn print_header() -> std::io::Result<()> {
+    outln!(
         "{:<14} {:>5} {:>8} {:>7} {:>10} {:>8} {:>8} {:>8} {:>8}",
-        "endpoint", "conc", "requests", "failed", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms"
-    );
+        "endpoint",
+        "conc",
+        "requests",
+        "failed",
+        "req/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms"
+    )
 }
 
 /// A prepared request body.

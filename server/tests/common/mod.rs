@@ -39,9 +39,24 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `cifar-serve --model <model> <extra>` and waits until it listens.
+    /// Starts `cifar-serve --model <model> <extra>` and waits until it listens; its log
+    /// (stderr) goes to a file.
     pub fn start(model: &Path, extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("server.log");
+        let stderr = Stdio::from(std::fs::File::create(&log).expect("log file"));
+        Self::start_with(dir, model, extra, Stdio::null(), stderr, &[])
+    }
+
+    /// Like [`Server::start`] with the given stdout, stderr and environment.
+    pub fn start_with(
+        dir: tempfile::TempDir,
+        model: &Path,
+        extra: &[&str],
+        stdout: Stdio,
+        stderr: Stdio,
+        env: &[(&str, &str)],
+    ) -> Server {
         let ready = dir.path().join("addr");
         let log = dir.path().join("server.log");
         let child = Command::new(env!("CARGO_BIN_EXE_cifar-serve"))
@@ -50,8 +65,9 @@ impl Server {
             .args(["--addr", "127.0.0.1:0", "--ready-file"])
             .arg(&ready)
             .args(extra)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
+            .envs(env.iter().copied())
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .expect("start cifar-serve");
         let mut server = Server { child, url: String::new(), dir, log };

@@ -7,7 +7,6 @@ pub mod fold;
 pub mod quant;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -54,34 +53,6 @@ pub struct CompileReport {
 
 fn sdk_options() -> ModelOptions {
     ModelOptions { device: cifar_sdk::DevicePolicy::Cpu, threads: 1, max_batch: 64 }
-}
-
-/// Logits of `indices` of `split` through an SDK model: one session per core, each on
-/// its share of the images (the model is shared).
-pub fn sdk_logits(model: &Arc<Model>, split: &Split, indices: &[u32]) -> Result<Vec<f32>> {
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let per = indices.len().div_ceil(workers).max(1);
-    let parts: Vec<Result<Vec<f32>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = indices
-            .chunks(per)
-            .map(|part| {
-                scope.spawn(move || -> Result<Vec<f32>> {
-                    let mut s = model.session()?;
-                    let mut pixels = Vec::with_capacity(part.len() * 3072);
-                    for &i in part {
-                        pixels.extend_from_slice(&split.images[i as usize * 3072..(i as usize + 1) * 3072]);
-                    }
-                    Ok(s.logits_rgb8(&pixels, part.len())?)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a worker panicked")))).collect()
-    });
-    let mut out = Vec::with_capacity(indices.len() * model.classes());
-    for p in parts {
-        out.extend(p?);
-    }
-    Ok(out)
 }
 
 fn accuracy(logits: &[f32], classes: usize, split: &Split, indices: &[u32]) -> f64 {
@@ -146,7 +117,7 @@ pub fn compile(opts: &CompileOptions) -> Result<CompileReport> {
     if val.is_empty() {
         bail!("the run's dataset has no validation split to check the compiled model on");
     }
-    eprintln!("compiling {which} of {} ({} precision)", run.path.display(), opts.precision);
+    errln!("compiling {which} of {} ({} precision)", run.path.display(), opts.precision);
 
     let created_unix =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -169,7 +140,7 @@ pub fn compile(opts: &CompileOptions) -> Result<CompileReport> {
     // The f32 file must reproduce the trainer's forward pass.
     let f32_model = Model::from_bytes(&quant::f32_writer(&float, meta.clone()).to_bytes()?, &sdk_options())?;
     let (reference, classes) = eval::predict(net.as_ref(), split, val, Tta::None, cfg.eval.batch_size, &dev)?;
-    let f32_logits = sdk_logits(&f32_model, split, val)?;
+    let f32_logits = eval::sdk_logits(&f32_model, split, val, Tta::None)?;
     let checked = opts.check_images.min(val.len());
     let max_rel = max_relative_error(
         &reference[..(checked * classes).min(reference.len())],
@@ -178,7 +149,7 @@ pub fn compile(opts: &CompileOptions) -> Result<CompileReport> {
     );
     let checkpoint_accuracy = accuracy(&reference, classes, split, val);
     let f32_accuracy = accuracy(&f32_logits, classes, split, val);
-    eprintln!("f32: max relative logit error vs the trainer {max_rel:.2e} on {checked} images");
+    errln!("f32: max relative logit error vs the trainer {max_rel:.2e} on {checked} images");
     if max_rel > 1e-3 {
         bail!("the compiled f32 graph disagrees with the trainer (max relative error {max_rel:.2e}): a compiler bug");
     }
@@ -207,16 +178,16 @@ pub fn compile(opts: &CompileOptions) -> Result<CompileReport> {
             let n = opts.calibration.clamp(1, train.len().max(1));
             let step = (train.len() / n).max(1);
             let calib: Vec<u32> = train.iter().step_by(step).take(n).copied().collect();
-            eprintln!("calibrating on {} training images", calib.len());
+            errln!("calibrating on {} training images", calib.len());
             let cal = quant::calibrate(&f32_model, split, &calib)?;
             let iq = quant::input_quant(&meta.preprocessing.normalization);
             let mut best: Option<(f64, quant::Method, cifar_sdk::artifact::ArtifactWriter, Vec<f32>)> = None;
             for method in [quant::Method::MinMax, quant::Method::Percentile] {
                 let w = quant::int8_writer(&float, iq, &quant::activation_quant(&cal, method), meta.clone());
                 let m = Model::from_bytes(&w.to_bytes()?, &sdk_options())?;
-                let logits = sdk_logits(&m, split, val)?;
+                let logits = eval::sdk_logits(&m, split, val, Tta::None)?;
                 let acc = accuracy(&logits, classes, split, val);
-                eprintln!("int8 ({}): validation accuracy {:.2}%", method.name(), 100.0 * acc);
+                errln!("int8 ({}): validation accuracy {:.2}%", method.name(), 100.0 * acc);
                 match method {
                     quant::Method::MinMax => report.int8_minmax_accuracy = Some(acc),
                     quant::Method::Percentile => report.int8_percentile_accuracy = Some(acc),
@@ -250,26 +221,26 @@ pub fn compile(opts: &CompileOptions) -> Result<CompileReport> {
     report.bytes = bytes.len();
     report.checksum = written.artifact().checksum.clone();
     run.write_json(&format!("compile-{}.json", opts.precision), &report)?;
-    print_report(&report);
+    print_report(&report)?;
     Ok(report)
 }
 
-fn print_report(r: &CompileReport) {
+fn print_report(r: &CompileReport) -> std::io::Result<()> {
     let pct = |v: f64| format!("{:.2}%", 100.0 * v);
-    println!("{:<38} {}", "output", r.output);
-    println!("{:<38} {} ({} bytes)", "precision", r.precision, r.bytes);
-    println!("{:<38} {}", "validation images", r.validation_images);
-    println!("{:<38} {}", "checkpoint accuracy (trainer)", pct(r.checkpoint_accuracy));
-    println!("{:<38} {}", "f32 compiled accuracy (SDK)", pct(r.f32_accuracy));
-    println!("{:<38} {:.2e} ({} images)", "f32 max relative logit error", r.f32_max_relative_error, r.checked_images);
+    outln!("{:<38} {}", "output", r.output)?;
+    outln!("{:<38} {} ({} bytes)", "precision", r.precision, r.bytes)?;
+    outln!("{:<38} {}", "validation images", r.validation_images)?;
+    outln!("{:<38} {}", "checkpoint accuracy (trainer)", pct(r.checkpoint_accuracy))?;
+    outln!("{:<38} {}", "f32 compiled accuracy (SDK)", pct(r.f32_accuracy))?;
+    outln!("{:<38} {:.2e} ({} images)", "f32 max relative logit error", r.f32_max_relative_error, r.checked_images)?;
     if let Some(a) = r.int8_minmax_accuracy {
-        println!("{:<38} {}", "int8 accuracy, min/max calibration", pct(a));
+        outln!("{:<38} {}", "int8 accuracy, min/max calibration", pct(a))?;
     }
     if let Some(a) = r.int8_percentile_accuracy {
-        println!("{:<38} {}", "int8 accuracy, percentile calibration", pct(a));
+        outln!("{:<38} {}", "int8 accuracy, percentile calibration", pct(a))?;
     }
-    println!("{:<38} {} {}", "compiled file accuracy", pct(r.compiled_accuracy), r.calibration);
-    println!("{:<38} {}", "checksum", r.checksum);
+    outln!("{:<38} {} {}", "compiled file accuracy", pct(r.compiled_accuracy), r.calibration)?;
+    outln!("{:<38} {}", "checksum", r.checksum)
 }
 
 /// The worst image's `max |a - b| / max |a|` over rows of `classes` logits (`a` is the
