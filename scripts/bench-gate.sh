@@ -10,4 +10,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked -p cifar-benches --bin bench-gate >&2
-exec target/release/bench-gate "$@"
+source scripts/target-dir.sh
+# bench-gate builds both revisions into the same target folder.
+CARGO_TARGET_DIR="$target" exec "$target/release/bench-gate" "$@"

@@ -39,10 +39,20 @@ fi
 _cifar_stubs="$CUDA_ROOT/lib/stubs"
 if ! [ -e "$_cifar_stubs/.complete" ]; then
   mkdir -p "$_cifar_stubs"
-  _cifar_cudarc="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.* 2>/dev/null | sort -V | tail -1)"
+  # cudarc's sources: where cargo unpacked them, after a fetch if the registry is
+  # still empty (a fresh machine). `|| true`: an empty registry is not an error here.
+  _cifar_find_cudarc() {
+    ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.* 2>/dev/null | sort -V | tail -1 || true
+  }
+  _cifar_cudarc="$(_cifar_find_cudarc)"
   if [ -z "$_cifar_cudarc" ]; then
+    echo "cuda-env: fetching the crates (cudarc's declarations make the link stubs)" >&2
     (cd "$_cifar_root" && cargo fetch --locked >/dev/null)
-    _cifar_cudarc="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.* | sort -V | tail -1)"
+    _cifar_cudarc="$(_cifar_find_cudarc)"
+  fi
+  if [ -z "$_cifar_cudarc" ]; then
+    echo "cuda-env: cudarc 0.19 is not in the cargo registry even after \`cargo fetch\`" >&2
+    return 1 2>/dev/null || exit 1
   fi
   # library:soname:cudarc module
   for spec in cuda:libcuda.so.1:driver nvrtc:libnvrtc.so.13:nvrtc cublas:libcublas.so.13:cublas \

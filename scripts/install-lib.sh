@@ -14,11 +14,12 @@ prefix="$(cd "$prefix" && pwd)"
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
 abi="$(sed -n 's/^#define CIFAR_ABI_VERSION \([0-9]*\)/\1/p' include/cifar.h)"
 cargo build --release --locked -p cifar-ffi
+source scripts/target-dir.sh
 mkdir -p "$prefix/lib/pkgconfig" "$prefix/include"
-cp target/release/libcifar.so "$prefix/lib/libcifar.so.$version"
+cp "$target/release/libcifar.so" "$prefix/lib/libcifar.so.$version"
 ln -sf "libcifar.so.$version" "$prefix/lib/libcifar.so.$abi"
 ln -sf "libcifar.so.$abi" "$prefix/lib/libcifar.so"
-cp target/release/libcifar.a "$prefix/lib/libcifar.a"
+cp "$target/release/libcifar.a" "$prefix/lib/libcifar.a"
 cp include/cifar.h "$prefix/include/cifar.h"
 cat > "$prefix/lib/pkgconfig/cifar.pc" <<PC
 prefix=$prefix

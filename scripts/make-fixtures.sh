@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked -p cifar-trainer
-trainer=target/release/trainer
+source scripts/target-dir.sh
+trainer="$target/release/trainer"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 

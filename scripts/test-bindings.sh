@@ -12,8 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 root="$PWD"
-prefix="$root/target/cifar-prefix"
-work="$root/target/bindings-test"
+source scripts/target-dir.sh
+prefix="$target/cifar-prefix"
+work="$target/bindings-test"
 mkdir -p "$work"
 scripts/install-lib.sh "$prefix" >/dev/null
 export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
@@ -57,7 +58,7 @@ c++ -std=c++17 $cflags -I bindings/cpp bindings/cpp/tests/test_cifar.cpp $(pkg-c
 "$work/test_cpp" fixtures "$work/rust_logits.txt"
 
 echo "== Python tests"
-venv="$root/target/py-bindings"
+venv="$target/py-bindings"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install -q --disable-pip-version-check pytest numpy ./bindings/python
 CIFAR_LIBRARY="$prefix/lib/libcifar.so" CIFAR_FIXTURES="$root/fixtures" CIFAR_RUST_LOGITS="$work/rust_logits.txt" \

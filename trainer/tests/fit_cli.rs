@@ -199,10 +199,14 @@ fn interrupt_saves_a_checkpoint_and_resume_finishes() {
 }
 
 /// The real CIFAR-10 data (shipped beside the repository on development and CI
-/// machines): import it, check its version, and train briefly.
+/// machines): the README's main job (`scripts/main.sh`) end to end on it, with a short
+/// recipe on a slice of the images and this build of the trainer; then the dataset's
+/// version, the run's accuracy, the compiled f32 file against the trainer, and
+/// `trainer eval --model` against the compile report of the committed int8 fixture.
 #[test]
-fn real_cifar10_imports_and_trains() {
-    let archive = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/cifar10-train-jpg.tar.gz");
+fn real_cifar10_main_job_end_to_end() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let archive = repo.join("../shared/data/cifar10-train-jpg.tar.gz");
     if !archive.exists() {
         eprintln!("skipped: {} is not present on this machine", archive.display());
         return;
@@ -210,23 +214,11 @@ fn real_cifar10_imports_and_trains() {
     let tmp = tempdir();
     let root = tmp.path();
     let data = root.join("cifar10");
-    let out = ok(run(root, &["data", "import", archive.to_str().unwrap(), "--out", data.to_str().unwrap()]));
-    assert!(out.contains("50000 images"), "{out}");
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(data.join("manifest.json")).unwrap()).unwrap();
-    assert_eq!(m["digest"], "e28327edb1744c3d71abac309f07c63e1ed39f5e57846af468f34ede99a43b7a", "dataset version");
-    assert_eq!(m["validation"]["size"], 5000);
-    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/cpu-quick.toml");
     let run_dir = root.join("run");
-    ok(run(
-        root,
-        &[
-            "fit",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--run-dir",
-            run_dir.to_str().unwrap(),
-            &format!("data.path={}", data.display()),
+    let out = std::process::Command::new("bash")
+        .arg(repo.join("scripts/main.sh"))
+        .arg(&archive)
+        .args([
             "data.train_limit=10000",
             "data.val_limit=1000",
             "train.epochs=2",
@@ -234,15 +226,40 @@ fn real_cifar10_imports_and_trains() {
             "train.batch_size=128",
             "train.lr=0.4",
             "eval.tta=none",
-        ],
-    ));
+        ])
+        .env("TRAINER", env!("CARGO_BIN_EXE_trainer"))
+        .env("DATA_DIR", &data)
+        .env("RUN_DIR", &run_dir)
+        .env("CONFIG", repo.join("configs/cpu-quick.toml"))
+        .current_dir(root)
+        .output()
+        .expect("bash runs scripts/main.sh");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "scripts/main.sh failed ({}):\n{stdout}\n{stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stdout.contains("50000 images"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("done: the run (metrics, plots, evaluation) is in {}/", run_dir.display())),
+        "the final message: {stdout}"
+    );
+    // The compiled model classified every sample image: one line each, with a label.
+    let classified: Vec<&str> =
+        stdout.lines().filter(|l| l.contains("fixtures/images/") && l.contains(".png: ")).collect();
+    assert_eq!(classified.len(), 10, "{stdout}");
+    assert!(classified.iter().all(|l| CLASSES.iter().any(|c| l.split(": ").nth(1).is_some_and(|t| t.starts_with(c)))));
+    assert!(run_dir.join("model.cifar").exists() && run_dir.join("eval-validation-fliptranslate.json").exists());
+
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["digest"], "e28327edb1744c3d71abac309f07c63e1ed39f5e57846af468f34ede99a43b7a", "dataset version");
+    assert_eq!(m["validation"]["size"], 5000);
     let s = summary(&run_dir);
     let acc = s["val_accuracy"].as_f64().unwrap();
     eprintln!("real data, 10000 images, 2 epochs: validation accuracy {acc}");
     assert!(acc > 0.4, "two short epochs on real CIFAR-10 should beat 40% (chance is 10%): {s}");
 
     // The compiled f32 file reproduces the trainer on the 1,000 validation images.
-    let model = root.join("model.cifar");
+    let model = root.join("model-f32.cifar");
     ok(run(
         root,
         &["compile", "--run", run_dir.to_str().unwrap(), "--precision", "f32", "-o", model.to_str().unwrap()],
@@ -252,4 +269,19 @@ fn real_cifar10_imports_and_trains() {
     assert_eq!(r["checked_images"], 1000, "{r}");
     assert!(r["f32_max_relative_error"].as_f64().unwrap() < 1e-4, "{r}");
     assert_eq!(r["f32_accuracy"], r["checkpoint_accuracy"], "{r}");
+
+    // `eval --model` scores the committed configs/cpu.toml int8 file exactly as its
+    // compile report did, on the same dataset and validation split.
+    let fixture = repo.join("fixtures/models/cpu-int8.cifar");
+    let e = ok(run(root, &["eval", "--model", fixture.to_str().unwrap(), "--data", data.to_str().unwrap()]));
+    let reported = cifar_sdk::Model::open(&fixture, &Default::default()).unwrap().metadata().quality.clone();
+    assert_eq!(reported.validation_images, 5000);
+    assert!(
+        e.contains(&format!("accuracy: {:.2}% on 5000 images", 100.0 * reported.compiled_accuracy)),
+        "eval --model must match the compile report ({:.4}):\n{e}",
+        reported.compiled_accuracy
+    );
+    let line = e.lines().find(|l| l.starts_with("accuracy: ")).unwrap();
+    let pct: f64 = line["accuracy: ".len()..].split('%').next().unwrap().parse().unwrap();
+    assert!((pct / 100.0 - reported.compiled_accuracy).abs() < 0.5e-4, "{line} vs {}", reported.compiled_accuracy);
 }
