@@ -85,6 +85,10 @@ typedef struct {
 // An internal error (a caught panic); the library stays usable.
 #define CIFAR_STATUS_PANIC 10
 
+// A bug in the library found and reported without a panic (an inconsistency it should
+// never reach, not a problem with the caller's arguments or model); please report it.
+#define CIFAR_STATUS_INTERNAL 11
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus

@@ -29,6 +29,9 @@ pub const CIFAR_STATUS_IMAGE: cifar_status = 8;
 pub const CIFAR_STATUS_DEVICE: cifar_status = 9;
 /// An internal error (a caught panic); the library stays usable.
 pub const CIFAR_STATUS_PANIC: cifar_status = 10;
+/// A bug in the library found and reported without a panic (an inconsistency it should
+/// never reach, not a problem with the caller's arguments or model); please report it.
+pub const CIFAR_STATUS_INTERNAL: cifar_status = 11;
 
 /// A failure inside an export: a status and its message.
 pub(crate) struct Fail(pub cifar_status, pub String);
@@ -50,6 +53,7 @@ impl From<cifar_sdk::Error> for Fail {
             E::Image(_) => CIFAR_STATUS_IMAGE,
             E::Device(_) => CIFAR_STATUS_DEVICE,
             E::Input(_) | E::Options(_) => CIFAR_STATUS_INVALID_ARGUMENT,
+            E::Internal(_) => CIFAR_STATUS_INTERNAL,
         };
         Fail(status, e.to_string())
     }
@@ -88,6 +92,7 @@ pub extern "C" fn cifar_status_str(status: cifar_status) -> *const c_char {
         CIFAR_STATUS_IMAGE => c"CIFAR_STATUS_IMAGE",
         CIFAR_STATUS_DEVICE => c"CIFAR_STATUS_DEVICE",
         CIFAR_STATUS_PANIC => c"CIFAR_STATUS_PANIC",
+        CIFAR_STATUS_INTERNAL => c"CIFAR_STATUS_INTERNAL",
         _ => c"CIFAR_STATUS_UNKNOWN",
     };
     s.as_ptr()

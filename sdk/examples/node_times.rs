@@ -1,9 +1,6 @@
-//! Time per node of an f32 model at batch 64 (where time goes), from the observer
-//! callbacks of `Session::run_observed`.
+//! Time per node of a model (where time goes), from `Session::node_times`.
 //!
-//! `cargo run --release -p cifar-sdk --example node_times -- MODEL.cifar`
-
-use std::time::Instant;
+//! `cargo run --release -p cifar-sdk --example node_times -- MODEL.cifar [BATCH] [THREADS]`
 
 use cifar_cli_io::outln;
 use cifar_sdk::{DevicePolicy, Model, ModelOptions};
@@ -13,24 +10,27 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
-    let path = std::env::args().nth(1).ok_or_else(|| anyhow::anyhow!("usage: node_times MODEL.cifar (f32)"))?;
-    let model = Model::open(&path, &ModelOptions { device: DevicePolicy::Cpu, threads: 1, max_batch: 64 })?;
+    let mut args = std::env::args().skip(1);
+    let path = args.next().ok_or_else(|| anyhow::anyhow!("usage: node_times MODEL.cifar [BATCH] [THREADS]"))?;
+    let batch: usize = args.next().map(|b| b.parse()).transpose()?.unwrap_or(64);
+    let threads: usize = args.next().map(|b| b.parse()).transpose()?.unwrap_or(1);
+    let model = Model::open(&path, &ModelOptions { device: DevicePolicy::Cpu, threads, max_batch: batch })?;
     let mut s = model.session()?;
-    let x: Vec<f32> = (0..64 * 3 * 32 * 32).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+    let px: Vec<u8> = (0..batch * 3072).map(|i| (i * 7919 % 251) as u8).collect();
     let nodes = &model.metadata().graph.nodes;
+    let rounds = 10;
     let mut total = vec![0f64; nodes.len()];
-    for _ in 0..10 {
-        let mut last = Instant::now();
-        s.run_observed(&x, 64, &mut |i, _| {
-            let now = Instant::now();
-            if let Some(t) = total.get_mut(i) {
-                *t += (now - last).as_secs_f64();
-            }
-            last = now;
-        })?;
+    s.node_times(&px, batch)?;
+    for _ in 0..rounds {
+        for (t, v) in total.iter_mut().zip(s.node_times(&px, batch)?) {
+            *t += v;
+        }
     }
+    let sum: f64 = total.iter().sum();
+    outln!("{} ({}, kernels {}), batch {batch}, {threads} thread(s)", path, model.precision(), model.kernels())?;
     for (n, t) in nodes.iter().zip(&total) {
-        outln!("{:<20} {:<16} {:>8.2} ms", n.name, n.op.kind(), t * 100.0)?;
+        outln!("{:<20} {:<16} {:>9.3} ms {:>5.1}%", n.name, n.op.kind(), t * 1e3 / rounds as f64, 100.0 * t / sum)?;
     }
+    outln!("{:<37} {:>9.3} ms", "total", sum * 1e3 / rounds as f64)?;
     Ok(())
 }

@@ -28,7 +28,7 @@ pub enum Error {
         problem: String,
     },
     /// The file was written by a newer (or unknown) version of the format.
-    #[error("model format version {found} is not supported (this SDK reads version {supported})")]
+    #[error("model format version {found} is not supported (this SDK reads version {supported}){}", version_hint(.found, *.supported))]
     UnsupportedVersion {
         /// The version in the file.
         found: String,
@@ -74,6 +74,21 @@ pub enum Error {
     /// Invalid options (thread count, batch size, ...).
     #[error("invalid option: {0}")]
     Options(String),
+    /// A bug in this SDK (an inconsistency it should never reach), not a problem with
+    /// the caller's model or input. Please report it.
+    #[error("internal error (a bug in cifar-sdk {version}, please report it): {0}", version = crate::VERSION)]
+    Internal(String),
+}
+
+/// What to do about a file of another format version.
+fn version_hint(found: &str, supported: u32) -> &'static str {
+    match found.parse::<u32>() {
+        Ok(v) if v < supported => {
+            ": it was compiled by an older trainer; recompile it from its run with `trainer compile`"
+        }
+        Ok(_) => ": it was compiled by a newer trainer; update cifar-sdk",
+        Err(_) => "",
+    }
 }
 
 impl Error {

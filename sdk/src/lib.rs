@@ -13,10 +13,11 @@
 //! # Ok::<(), cifar_sdk::Error>(())
 //! ```
 //!
-//! Modules: [`artifact`] (the `.cifar` format: reader, writer, validation), the engine
-//! (plan + [`kernels`]), [`Model`]/[`Session`] (the API), [`image`] (decoding),
-//! [`drift`] (features for drift monitoring), [`device`] (device policy), and with the
-//! `candle` feature `gpu` (the graph on a candle device; on CUDA with `cuda`).
+//! Modules: [`artifact`] (the `.cifar` format: reader, writer, validation, the layer
+//! tensors), [`ops`] (one module per operation), [`backend`] (the CPU backend over
+//! [`kernels`]; with the `candle` feature the device backend, CUDA with `cuda`),
+//! [`Model`]/[`Session`] (the API), [`image`] (decoding), [`drift`] (features for drift
+//! monitoring), [`device`] (device policy).
 //!
 //! The crate never panics on bad input: `unwrap`, `expect`, `panic!` and unchecked
 //! indexing are denied outside tests by the lints below.
@@ -39,26 +40,26 @@
 compile_error!("model files are little-endian and read in place; big-endian targets are not supported");
 
 pub mod artifact;
+pub mod backend;
 pub mod device;
 pub mod drift;
-mod engine;
 mod error;
 pub mod fsutil;
-#[cfg(feature = "candle")]
-pub mod gpu;
 pub mod image;
 pub mod kernels;
 mod model;
+pub mod ops;
 pub mod preprocess;
 mod session;
 
 pub use artifact::{Activation, Precision, QuantParams};
+pub use backend::Observer;
 pub use device::{Device, DevicePolicy};
 pub use error::{Error, Result};
 pub use fsutil::write_atomic;
 pub use model::{Model, ModelOptions};
 pub use preprocess::{Normalization, CIFAR10_CLASSES, INPUT_CHANNELS, INPUT_SIZE};
-pub use session::{classify_logits, softmax, top_k_indices, Classification, Observer, Prediction, Session};
+pub use session::{classify_logits, softmax, top_k_indices, Classification, Prediction, Session};
 
 /// Version of this crate.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -5,8 +5,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::artifact::{Artifact, ModelMetadata, Precision};
+use crate::backend::cpu::runner::CpuBackend;
+use crate::backend::cpu::Program;
+use crate::backend::Backend;
 use crate::device::{resolve, Device, DevicePolicy};
-use crate::engine::program::{build, Step};
 use crate::session::Session;
 use crate::{Error, Result};
 
@@ -15,32 +17,30 @@ use crate::{Error, Result};
 pub struct ModelOptions {
     /// Which device runs the model.
     pub device: DevicePolicy,
-    /// Threads per session (0: one per available core). Sessions with one thread start
-    /// no threads at all; an idle session's threads sleep. The default is 1: on the
-    /// 2-core machines we measure on, a second thread does not yet speed up these layer
-    /// sizes (BENCHMARKS.md); run one session per thread for throughput instead.
+    /// Threads per session (0: one per available core, the default). Each session owns
+    /// its threads; between runs they park (an idle session burns no CPU). Results are
+    /// the same for any thread count.
     pub threads: usize,
-    /// Images per internal batch; larger batches are run in chunks of this size. Sets
-    /// the session's memory: about `max_batch x` the model's largest activations.
+    /// The largest batch a session runs at once; larger batches run in parts. The CPU
+    /// backend runs a batch in chunks of images sized for the CPU caches (at most this
+    /// many), which sets the session's memory.
     pub max_batch: usize,
 }
 
 impl Default for ModelOptions {
     fn default() -> Self {
-        Self { device: DevicePolicy::Auto, threads: 1, max_batch: 64 }
+        Self { device: DevicePolicy::Auto, threads: 0, max_batch: 64 }
     }
 }
 
 /// A compiled model. `Send + Sync`: share it through the `Arc` that `open` returns.
 pub struct Model {
-    pub(crate) artifact: Artifact,
-    pub(crate) steps: Vec<Step>,
-    pub(crate) options: ModelOptions,
+    artifact: Artifact,
+    options: ModelOptions,
     device: Device,
     device_reason: String,
-    /// The graph on the GPU, when the policy chose one.
-    #[cfg(feature = "cuda")]
-    pub(crate) gpu: Option<crate::gpu::DeviceGraph>,
+    backend: Box<dyn Backend>,
+    kernels: &'static str,
 }
 
 impl std::fmt::Debug for Model {
@@ -49,6 +49,7 @@ impl std::fmt::Debug for Model {
             .field("precision", &self.precision())
             .field("classes", &self.classes())
             .field("device", &self.device)
+            .field("kernels", &self.kernels)
             .field("artifact", &self.artifact)
             .finish()
     }
@@ -76,26 +77,29 @@ impl Model {
             return Err(Error::Options(format!("threads must be at most 1024, got {}", options.threads)));
         }
         let resolved = resolve(options.device)?;
-        let steps = build(&artifact)?;
+        let kernels = crate::kernels::best();
         #[cfg(feature = "cuda")]
-        let gpu = match &resolved.gpu {
-            Some(dev) => Some(crate::gpu::DeviceGraph::new(&artifact, dev)?),
-            None => None,
+        let backend: Box<dyn Backend> = match &resolved.gpu {
+            Some(dev) => Box::new(crate::backend::device::DeviceBackend::new(
+                crate::backend::device::DeviceGraph::new(&artifact, dev)?,
+            )),
+            None => Box::new(CpuBackend::new(Program::build(&artifact, kernels)?)),
         };
+        #[cfg(not(feature = "cuda"))]
+        let backend: Box<dyn Backend> = Box::new(CpuBackend::new(Program::build(&artifact, kernels)?));
         Ok(Arc::new(Self {
             artifact,
-            steps,
             options: options.clone(),
             device: resolved.device,
             device_reason: resolved.reason,
-            #[cfg(feature = "cuda")]
-            gpu,
+            backend,
+            kernels: kernels.name,
         }))
     }
 
-    /// A new session (scratch memory for one thread at a time).
+    /// A new session (scratch memory and threads for one caller at a time).
     pub fn session(self: &Arc<Self>) -> Result<Session> {
-        Session::new(Arc::clone(self))
+        Session::new(Arc::clone(self), self.backend.runner(self)?)
     }
 
     /// Everything in the file's header.
@@ -131,6 +135,12 @@ impl Model {
     /// Why that device was chosen (states any fallback).
     pub fn device_reason(&self) -> &str {
         &self.device_reason
+    }
+
+    /// The CPU kernel implementation in use (`avx512vnni`, `avx2` or `portable`),
+    /// chosen once from the CPU's features.
+    pub fn kernels(&self) -> &'static str {
+        self.kernels
     }
 
     /// The validated file (tensors, checksum, raw bytes).

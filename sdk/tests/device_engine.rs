@@ -1,4 +1,4 @@
-//! The device engine (`cifar_sdk::gpu`, candle tensors) against the naive reference and
+//! The device backend (`cifar_sdk::backend::device`, candle tensors) against the naive reference and
 //! the CPU engine, run on candle's CPU device so that every build with the `candle`
 //! feature checks it; scripts/gpu-measure.sh repeats the comparison on a real GPU.
 #![cfg(feature = "candle")]
@@ -6,7 +6,7 @@
 mod common;
 
 use candle_core::Device as CandleDevice;
-use cifar_sdk::gpu::DeviceGraph;
+use cifar_sdk::backend::device::DeviceGraph;
 use cifar_sdk::{DevicePolicy, Model, ModelOptions};
 use common::*;
 

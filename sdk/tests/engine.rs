@@ -195,3 +195,30 @@ fn bad_inputs_are_errors() {
     let c = s.classify_image(&png, 20).unwrap();
     assert_eq!(c.top.len(), CLASSES);
 }
+
+/// Grouped convolutions whose groups are not a multiple of four channels wide (int8
+/// reads those channel by channel): depthwise 3 -> 6, then 6 -> 8 in two groups of 3.
+#[test]
+fn odd_channel_groups_match_the_reference() {
+    use cifar_sdk::artifact::*;
+    let conv = |out, groups, act| {
+        Op::Conv2d(Conv2d { out_channels: out, kernel: [3, 3], stride: [1, 1], padding: [1, 1], groups, act })
+    };
+    let node = |name: &str, input: &str, op| Node { name: name.into(), inputs: vec![input.into()], op, quant: None };
+    let mut g = zoo_graph();
+    g.nodes = vec![
+        node("dw", "input", conv(6, 3, Activation::Relu)),
+        node("gc", "dw", conv(8, 2, Activation::Gelu)),
+        node("gp", "gc", Op::GlobalAvgPool(GlobalAvgPool { act: Activation::None })),
+        node("head", "gp", Op::Linear(Linear { out_features: CLASSES, act: Activation::None })),
+    ];
+    let w = random_weights(&g, 51);
+    let imgs = random_images(7, 52);
+    let want: Vec<f32> = imgs.chunks(3072).flat_map(|im| reference(&g, &w, im, &mut |_, _| {})).collect();
+    let f32_model = Model::from_bytes(&f32_writer(&g, &w).to_bytes().unwrap(), &opts(2, 4)).unwrap();
+    let err = max_rel(&f32_model.session().unwrap().logits_nchw(&imgs, 7).unwrap(), &want);
+    assert!(err < 1e-5, "f32: {err}");
+    let int8 = Model::from_bytes(&int8_writer(&g, &w, &imgs, 7).to_bytes().unwrap(), &opts(2, 4)).unwrap();
+    let err = max_rel(&int8.session().unwrap().logits_nchw(&imgs, 7).unwrap(), &want);
+    assert!(err < 0.1, "int8 vs f32 reference: {err}");
+}

@@ -51,3 +51,30 @@ fn the_malformed_corpus_is_refused() {
     }
     assert!(n >= 30, "the corpus has {n} files");
 }
+
+#[test]
+fn files_of_the_old_format_are_refused_with_what_to_do() {
+    for entry in std::fs::read_dir(fixtures().join("old-format")).unwrap() {
+        let path = entry.unwrap().path();
+        let err = Model::open(&path, &opts()).expect_err(&format!("{} was accepted", path.display()));
+        assert!(matches!(err, cifar_sdk::Error::UnsupportedVersion { .. }), "{}: {err}", path.display());
+        assert!(err.to_string().contains("recompile"), "{err}");
+    }
+}
+
+/// The benchmark models of both families: int8 keeps the accuracy of f32 (within 0.3
+/// percentage points on the 5,000 validation images, as measured when compiled).
+#[test]
+fn benchmark_models_keep_their_accuracy_in_int8() {
+    for family in ["cpu", "resnet"] {
+        let q = |p: &str| {
+            let m = Model::open(fixtures().join(format!("models/{family}-{p}.cifar")), &opts()).unwrap();
+            m.metadata().quality.clone()
+        };
+        let (f, i) = (q("f32"), q("int8"));
+        assert_eq!((f.validation_images, i.validation_images), (5000, 5000), "{family}");
+        let drop = f.compiled_accuracy - i.compiled_accuracy;
+        assert!(drop <= 0.003, "{family}: int8 {:.4} vs f32 {:.4}", i.compiled_accuracy, f.compiled_accuracy);
+        assert!(f.compiled_accuracy > 0.75, "{family}: f32 accuracy {:.4}", f.compiled_accuracy);
+    }
+}

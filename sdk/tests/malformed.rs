@@ -30,7 +30,7 @@ fn parts(bytes: &[u8]) -> (serde_json::Value, Vec<u8>) {
 /// A file from a header and data, the header padded to 8 bytes as the writer does.
 fn join(header: &[u8], data: &[u8]) -> Vec<u8> {
     let mut h = header.to_vec();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     join_raw(&h, data)
@@ -140,8 +140,14 @@ fn metadata_errors() {
     expect(&no_meta, |e| matches!(e, Error::Metadata { key, .. } if key == "__metadata__"), "no metadata");
     let format = edit_header(&good, |h| h["__metadata__"]["format"] = "onnx".into());
     expect(&format, |e| matches!(e, Error::Metadata { key, .. } if key == "format"), "wrong format name");
-    let version = edit_header(&good, |h| h["__metadata__"]["format_version"] = "2".into());
-    expect(&version, |e| matches!(e, Error::UnsupportedVersion { found, .. } if found == "2"), "newer version");
+    let version = edit_header(&good, |h| h["__metadata__"]["format_version"] = "3".into());
+    expect(&version, |e| matches!(e, Error::UnsupportedVersion { found, .. } if found == "3"), "newer version");
+    let older = edit_header(&good, |h| h["__metadata__"]["format_version"] = "1".into());
+    expect(
+        &older,
+        |e| matches!(e, Error::UnsupportedVersion { found, .. } if found == "1") && msg(e, "recompile"),
+        "older version",
+    );
     let no_sum = edit_header(&good, |h| {
         h["__metadata__"].as_object_mut().unwrap().remove("checksum");
     });
@@ -266,7 +272,7 @@ fn graph_errors() {
         "linear on a plane",
     );
     expect(
-        &graph_edit(|g| node_mut(g, "sc").op = Op::Scale { factor: f32::NAN, act: Activation::None }),
+        &graph_edit(|g| node_mut(g, "sc").op = Op::Scale(Scale { factor: f32::NAN, act: Activation::None })),
         |e| matches!(e, Error::Metadata { key, .. } if key == "graph"),
         "NaN scale (written as null)",
     );
@@ -328,7 +334,7 @@ fn tensor_errors() {
         "NaN bias",
     );
     expect(
-        &f(&|w| w.insert("head.weight", TensorData::f32(&[f32::INFINITY; 80], &[10, 8]))),
+        &f(&|w| w.insert("head.weight", TensorData::f32(&[f32::INFINITY; 128], &[1, 1, 8, 16]))),
         is_tensor("head.weight", "non-finite"),
         "infinite weight",
     );
@@ -352,6 +358,31 @@ fn tensor_errors() {
         &q(&|w| drop(w.tensors.remove("c3.weight_scale"))),
         is_tensor("c3.weight_scale", "missing"),
         "missing weight scale",
+    );
+    // c1: 8 outputs, 3 inputs, 3x3 -> packed [1, 1, 9, 1, 16, 4]; slot (position 0,
+    // quad 0, lane 0, channel 0) is used, channel 3 of every lane is padding.
+    let packed = |at: usize, v: i8| {
+        move |w: &mut ArtifactWriter| {
+            let mut t = w.tensors["c1.weight"].clone();
+            t.bytes[at] = v as u8;
+            w.insert("c1.weight", t);
+        }
+    };
+    expect(&q(&packed(0, 100)), is_tensor("c1.weight", "7-bit"), "an 8-bit weight code");
+    expect(&q(&packed(3, 5)), is_tensor("c1.weight", "padding"), "a weight in the packing's padding");
+    expect(
+        &f(&|w| {
+            let mut t = w.tensors["head.weight"].clone();
+            t.bytes[4 * 15..4 * 16].copy_from_slice(&1.5f32.to_le_bytes());
+            w.insert("head.weight", t);
+        }),
+        is_tensor("head.weight", "padding"),
+        "an f32 weight in an unused lane",
+    );
+    expect(
+        &edited(int8_base(), |w| w.metadata.graph.weight_bits = Some(8)),
+        |e| matches!(e, Error::Graph { .. }) && msg(e, "7-bit"),
+        "8-bit weights declared",
     );
     // Misaligned: one more byte of header padding shifts every tensor by one byte.
     let good = f32_base().to_bytes().unwrap();
@@ -413,10 +444,11 @@ fn random_graph_edits_are_rejected_or_run_safely() {
                         _ => c.groups = v,
                     },
                     Op::Linear(l) => l.out_features = v,
-                    Op::MaxPool(p) | Op::AvgPool(p) => match rng.gen_range(0..3) {
-                        0 => p.kernel[rng.gen_range(0..2)] = v,
-                        1 => p.stride[rng.gen_range(0..2)] = v,
-                        _ => p.padding[rng.gen_range(0..2)] = v,
+                    Op::MaxPool(MaxPool { kernel, stride, padding, .. })
+                    | Op::AvgPool(AvgPool { kernel, stride, padding, .. }) => match rng.gen_range(0..3) {
+                        0 => kernel[rng.gen_range(0..2)] = v,
+                        1 => stride[rng.gen_range(0..2)] = v,
+                        _ => padding[rng.gen_range(0..2)] = v,
                     },
                     _ => {
                         let other = rng.gen_range(0..g.nodes.len());

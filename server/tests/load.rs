@@ -64,7 +64,7 @@ fn reload_every_second_under_load_loses_no_request() {
                 let file = &files[i % files.len()];
                 replace_model(&served, file);
                 // Alternate the two triggers: the repository API and SIGHUP.
-                if i % 2 == 0 {
+                if i.is_multiple_of(2) {
                     let r = client().post(format!("{url}/v2/repository/models/live/load")).send().unwrap();
                     outcomes.push((file.clone(), r.status().as_u16()));
                 } else {

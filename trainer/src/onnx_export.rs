@@ -17,12 +17,16 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_onnx::onnx::{
     attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto, GraphProto,
     ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
-use cifar_sdk::artifact::{Activation, Artifact, Op, Precision, QuantParams, INPUT_NAME};
+use cifar_sdk::artifact::layers::{LayerShape, StoredLayer};
+use cifar_sdk::artifact::{
+    Activation, Add, Artifact, AvgPool, GlobalAvgPool, GlobalMaxPool, MaxPool, Op, Precision, QuantParams, Scale,
+    INPUT_NAME,
+};
 use prost::Message;
 
 /// The opset the export targets.
@@ -170,19 +174,21 @@ impl<'a> Builder<'a> {
 
     /// Weight (and bias) initializers of a conv or linear node: float, or int8 behind
     /// DequantizeLinear with the int32 bias at `input_scale * weight_scale`.
-    fn weights(&mut self, node: &str, dims: &[i64], input: &str) -> Result<(String, String)> {
+    fn weights(&mut self, node: &str, shape: LayerShape, dims: &[i64], input: &str) -> Result<(String, String)> {
         let a = self.artifact;
-        let out = dims.first().copied().unwrap_or(0) as usize;
-        let bias = a.f32s(&format!("{node}.bias"))?;
+        let out = shape.out;
+        let layer = StoredLayer::read(a, node, shape)?;
+        let bias = layer.bias;
         if !self.int8 {
-            let w = self.init_f32(&format!("{node}.weight"), dims, a.f32s(&format!("{node}.weight"))?);
+            let w = self.init_f32(&format!("{node}.weight"), dims, &layer.to_float()?.weight);
             let b = self.init_f32(&format!("{node}.bias"), &[out as i64], bias);
             return Ok((w, b));
         }
         let in_scale =
             self.quants.get(input).map(|q| q.scale).with_context(|| format!("`{input}` has no quantization"))?;
-        let w = a.i8s(&format!("{node}.weight"))?;
-        let scales = a.f32s(&format!("{node}.weight_scale"))?;
+        let (Some(w), Some((scales, _))) = (layer.codes(), layer.quant) else {
+            bail!("{node}: an int8 file without int8 weights");
+        };
         let wq = self.init_raw(&format!("{node}.weight_q"), dims, DataType::Int8, w.iter().map(|&v| v as u8).collect());
         let ws = self.init_f32(&format!("{node}.weight_scale"), &[out as i64], scales);
         let wz = self.init_raw(&format!("{node}.weight_zero"), &[out as i64], DataType::Int8, vec![0; out]);
@@ -232,7 +238,8 @@ pub fn export(model: &Path, out: &Path) -> Result<ExportSummary> {
                 let x = b.input(&first, 4)?;
                 let cin = (in_shape[0] / conv.groups.max(1)) as i64;
                 let dims = [conv.out_channels as i64, cin, conv.kernel[0] as i64, conv.kernel[1] as i64];
-                let (wt, bias) = b.weights(n, &dims, &first)?;
+                let shape = node.op.layer(&info.input_shapes).context("conv layer")?;
+                let (wt, bias) = b.weights(n, shape, &dims, &first)?;
                 let [ph, pw] = conv.padding.map(|p| p as i64);
                 let attrs = vec![
                     attr_ints("kernel_shape", &conv.kernel.map(|k| k as i64)),
@@ -246,15 +253,17 @@ pub fn export(model: &Path, out: &Path) -> Result<ExportSummary> {
             Op::Linear(lin) => {
                 let x = b.input(&first, 2)?;
                 let dims = [lin.out_features as i64, (in_shape[0] * in_shape[1] * in_shape[2]) as i64];
-                let (wt, bias) = b.weights(n, &dims, &first)?;
+                let shape = node.op.layer(&info.input_shapes).context("linear layer")?;
+                let (wt, bias) = b.weights(n, shape, &dims, &first)?;
                 (b.node("Gemm", &[&x, &wt, &bias], vec![attr_int("transB", 1)], n), 2, lin.act)
             }
-            Op::MaxPool(p) | Op::AvgPool(p) => {
+            Op::MaxPool(MaxPool { kernel, stride, padding, act })
+            | Op::AvgPool(AvgPool { kernel, stride, padding, act }) => {
                 let x = b.input(&first, 4)?;
-                let [ph, pw] = p.padding.map(|v| v as i64);
+                let [ph, pw] = padding.map(|v| v as i64);
                 let mut attrs = vec![
-                    attr_ints("kernel_shape", &p.kernel.map(|k| k as i64)),
-                    attr_ints("strides", &p.stride.map(|s| s as i64)),
+                    attr_ints("kernel_shape", &kernel.map(|k| k as i64)),
+                    attr_ints("strides", &stride.map(|s| s as i64)),
                 ];
                 if ph > 0 || pw > 0 {
                     attrs.push(attr_ints("pads", &[ph, pw, ph, pw]));
@@ -263,27 +272,27 @@ pub fn export(model: &Path, out: &Path) -> Result<ExportSummary> {
                 if op == "AveragePool" {
                     attrs.push(attr_int("count_include_pad", 1));
                 }
-                (b.node(op, &[&x], attrs, n), 4, p.act)
+                (b.node(op, &[&x], attrs, n), 4, *act)
             }
-            Op::GlobalAvgPool { act } | Op::GlobalMaxPool { act } => {
+            Op::GlobalAvgPool(GlobalAvgPool { act }) | Op::GlobalMaxPool(GlobalMaxPool { act }) => {
                 let x = b.input(&first, 4)?;
                 let window = [in_shape[1] as i64, in_shape[2] as i64];
                 let attrs = vec![attr_ints("kernel_shape", &window), attr_ints("strides", &window)];
-                let op = if matches!(node.op, Op::GlobalMaxPool { .. }) { "MaxPool" } else { "AveragePool" };
+                let op = if matches!(node.op, Op::GlobalMaxPool(_)) { "MaxPool" } else { "AveragePool" };
                 (b.node(op, &[&x], attrs, n), 4, *act)
             }
-            Op::Add { act } => {
+            Op::Add(Add { act }) => {
                 let second = node.inputs.get(1).cloned().unwrap_or_default();
                 let (_, ra) = b.values.get(&first).cloned().context("add input")?;
                 let x0 = b.input(&first, ra)?;
                 let x1 = b.input(&second, ra)?;
                 (b.node("Add", &[&x0, &x1], vec![], n), ra, *act)
             }
-            Op::Flatten => {
+            Op::Flatten(_) => {
                 let x = b.input(&first, 4)?;
                 (b.node("Flatten", &[&x], vec![attr_int("axis", 1)], n), 2, Activation::None)
             }
-            Op::Scale { factor, act } => {
+            Op::Scale(Scale { factor, act }) => {
                 let (_, r) = b.values.get(&first).cloned().context("scale input")?;
                 let x = b.input(&first, r)?;
                 let f = b.init_f32(&format!("{n}.factor"), &[], &[*factor]);

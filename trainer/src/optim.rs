@@ -105,7 +105,7 @@ impl Ema {
 
     /// Called after optimizer step number `step` (1-based count of steps done).
     pub fn update(&mut self, params: &Params, step: usize) -> Result<()> {
-        if !self.enabled() || step % self.every != 0 {
+        if !self.enabled() || !step.is_multiple_of(self.every) {
             return Ok(());
         }
         let d = self.decay.powi(self.every as i32);

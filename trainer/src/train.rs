@@ -377,7 +377,8 @@ fn train_loop(t: &mut Trainer, quiet: bool) -> Result<(f64, f64)> {
             ));
             let due_secs =
                 cfg.checkpoint.every_secs > 0.0 && last_checkpoint.elapsed().as_secs_f64() >= cfg.checkpoint.every_secs;
-            let due_steps = cfg.checkpoint.every_steps > 0 && t.progress.global_step % cfg.checkpoint.every_steps == 0;
+            let due_steps =
+                cfg.checkpoint.every_steps > 0 && t.progress.global_step.is_multiple_of(cfg.checkpoint.every_steps);
             if due_secs || due_steps || INTERRUPTED.load(Ordering::SeqCst) {
                 t.save_checkpoint()?;
                 last_checkpoint = Instant::now();
@@ -393,7 +394,7 @@ fn train_loop(t: &mut Trainer, quiet: bool) -> Result<(f64, f64)> {
         t.progress.step_in_epoch = 0;
         let ep = t.progress.epoch;
         let last = t.progress.global_step >= t.total_steps;
-        let val = if !last && cfg.eval.every_epochs > 0 && ep % cfg.eval.every_epochs == 0 {
+        let val = if !last && cfg.eval.every_epochs > 0 && ep.is_multiple_of(cfg.eval.every_epochs) {
             Some(t.evaluate(Tta::None)?.accuracy)
         } else {
             None

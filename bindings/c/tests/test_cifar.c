@@ -63,6 +63,7 @@ static void test_versions(void) {
   CHECK(strcmp(cifar_version(), want) == 0);
   CHECK(strcmp(cifar_status_str(CIFAR_STATUS_OK), "CIFAR_STATUS_OK") == 0);
   CHECK(strcmp(cifar_status_str(CIFAR_STATUS_PANIC), "CIFAR_STATUS_PANIC") == 0);
+  CHECK(strcmp(cifar_status_str(CIFAR_STATUS_INTERNAL), "CIFAR_STATUS_INTERNAL") == 0);
   CHECK(strcmp(cifar_status_str(12345), "CIFAR_STATUS_UNKNOWN") == 0);
   CHECK(cifar_last_error() != NULL);
 }

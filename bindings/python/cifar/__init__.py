@@ -25,7 +25,7 @@ __all__ = ["CifarError", "Model", "Options", "Prediction", "Session", "abi_versi
 
 STATUS_NAMES = {
     0: "OK", 1: "INVALID_ARGUMENT", 2: "NULL_POINTER", 3: "BUFFER_SIZE", 4: "IO", 5: "INVALID_MODEL",
-    6: "UNSUPPORTED_VERSION", 7: "CHECKSUM", 8: "IMAGE", 9: "DEVICE", 10: "PANIC",
+    6: "UNSUPPORTED_VERSION", 7: "CHECKSUM", 8: "IMAGE", 9: "DEVICE", 10: "PANIC", 11: "INTERNAL",
 }
 ABI_VERSION = 1
 

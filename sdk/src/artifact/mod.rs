@@ -1,8 +1,10 @@
 //! The `.cifar` artifact: a safetensors container whose `__metadata__` holds the
 //! execution graph and the model's description ([`schema`]), written by [`writer`] and
-//! read, validated and memory-mapped by [`reader`]. The one definition of the format:
+//! read, validated and memory-mapped by [`reader`]; [`layers`] owns the weighted layers'
+//! tensors (names, packed layout, int8 quantization). The one definition of the format:
 //! the trainer writes through this module, so every file it writes is one the SDK reads.
 
+pub mod layers;
 pub mod reader;
 pub mod schema;
 pub mod validate;

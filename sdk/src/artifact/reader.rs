@@ -8,7 +8,8 @@ use std::path::Path;
 
 use serde::de::DeserializeOwned;
 
-use super::schema::{keys, Graph, Op, Precision, FORMAT_NAME, FORMAT_VERSION};
+use super::layers::{names, StoredLayer, WEIGHT_MAX};
+use super::schema::{keys, Graph, Precision, FORMAT_NAME, FORMAT_VERSION};
 use super::validate::{validate_graph, GraphInfo};
 use super::{checksum, DType, ModelMetadata};
 use crate::{Error, Result};
@@ -222,37 +223,40 @@ impl Artifact {
         let int8 = g.precision == Precision::Int8;
         let mut used = 0usize;
         for (node, info) in g.nodes.iter().zip(&self.info.nodes) {
-            let (out, k) = match &node.op {
-                Op::Conv2d(c) => {
-                    let cin = info.input_shapes.first().map(|s| s[0]).unwrap_or(0);
-                    (c.out_channels, cin / c.groups.max(1) * c.kernel[0] * c.kernel[1])
-                }
-                Op::Linear(l) => (l.out_features, info.input_shapes.first().map(|s| s[0]).unwrap_or(0)),
-                _ => continue,
-            };
+            let Some(shape) = node.op.layer(&info.input_shapes) else { continue };
             let n = &node.name;
-            let wdtype = if int8 { DType::I8 } else { DType::F32 };
-            self.expect(&format!("{n}.weight"), wdtype, &[out, k])?;
-            let bias = self.expect(&format!("{n}.bias"), DType::F32, &[out])?;
+            let (wdtype, wshape) =
+                if int8 { (DType::I8, shape.packed_i8_shape()) } else { (DType::F32, shape.packed_f32_shape()) };
+            let weight = self.expect(&names::weight(n), wdtype, &wshape)?;
+            let bias = self.expect(&names::bias(n), DType::F32, &[shape.out])?;
             used += 2;
             if self.f32s(&bias)?.iter().any(|v| !v.is_finite()) {
                 return Err(Error::tensor(&bias, "holds a non-finite value"));
             }
             if int8 {
-                let scale = self.expect(&format!("{n}.weight_scale"), DType::F32, &[out])?;
-                let sum = self.expect(&format!("{n}.weight_sum"), DType::I32, &[out])?;
+                let scale = self.expect(&names::scale(n), DType::F32, &[shape.out])?;
+                self.expect(&names::sum(n), DType::I32, &[shape.out])?;
                 used += 2;
                 if self.f32s(&scale)?.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
                     return Err(Error::tensor(&scale, "holds a scale that is not finite and positive"));
                 }
-                let w = self.i8s(&format!("{n}.weight"))?;
-                for (row, &s) in w.chunks(k.max(1)).zip(self.i32s(&sum)?) {
+                let max = WEIGHT_MAX;
+                if self.i8s(&weight)?.iter().any(|&v| !(-max..=max).contains(&v)) {
+                    return Err(Error::tensor(&weight, format!("holds a code outside -{max}..={max} (7-bit weights)")));
+                }
+            } else if self.f32s(&weight)?.iter().any(|v| !v.is_finite()) {
+                return Err(Error::tensor(&weight, "holds a non-finite value"));
+            }
+            let layer = StoredLayer::read(self, n, shape)?;
+            if !layer.padding_is_zero() {
+                return Err(Error::tensor(&weight, "holds non-zero values in its packing's padding"));
+            }
+            if let (Some(codes), Some((_, sums))) = (layer.codes(), layer.quant) {
+                for (row, &s) in codes.chunks(shape.k().max(1)).zip(sums) {
                     if row.iter().map(|&v| i32::from(v)).sum::<i32>() != s {
-                        return Err(Error::tensor(&sum, "does not hold the row sums of the weight"));
+                        return Err(Error::tensor(&names::sum(n), "does not hold the row sums of the weight"));
                     }
                 }
-            } else if self.f32s(&format!("{n}.weight"))?.iter().any(|v| !v.is_finite()) {
-                return Err(Error::tensor(&format!("{n}.weight"), "holds a non-finite value"));
             }
         }
         if used != self.tensors.len() {
@@ -262,10 +266,8 @@ impl Artifact {
                 .filter(|t| {
                     !g.nodes.iter().any(|n| {
                         n.op.has_weights()
-                            && t.strip_prefix(n.name.as_str()).is_some_and(|s| {
-                                [".weight", ".bias"].contains(&s)
-                                    || (int8 && [".weight_scale", ".weight_sum"].contains(&s))
-                            })
+                            && t.strip_prefix(n.name.as_str())
+                                .is_some_and(|s| names::SUFFIXES.iter().take(if int8 { 4 } else { 2 }).any(|x| *x == s))
                     })
                 })
                 .map(String::as_str)

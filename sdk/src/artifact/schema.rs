@@ -10,7 +10,11 @@ use crate::preprocess::Normalization;
 /// The `format` metadata value of every model file.
 pub const FORMAT_NAME: &str = "cifar-edge-model";
 /// The format version this SDK writes and reads. Readers refuse other versions.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// - 1: weights as plain `[out][in * kh * kw]` rows, 8-bit int8 weights.
+/// - 2: weights packed in the CPU kernels' layout, 7-bit int8 weights
+///   ([`super::layers`]); activations NHWC.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Metadata keys.
 pub mod keys {
@@ -76,118 +80,7 @@ pub struct QuantParams {
     pub zero_point: u8,
 }
 
-/// A 2-D convolution; the tensors `<node>.weight` (`[out, in/groups * kh * kw]`, f32 or
-/// i8) and `<node>.bias` (`[out]`, f32), and for int8 graphs `<node>.weight_scale`
-/// (`[out]`, f32) and `<node>.weight_sum` (`[out]`, i32, the row sums of the weight).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Conv2d {
-    /// Output channels.
-    pub out_channels: usize,
-    /// `[kh, kw]`.
-    pub kernel: [usize; 2],
-    /// `[sh, sw]`.
-    pub stride: [usize; 2],
-    /// Zero padding `[ph, pw]` on each side.
-    pub padding: [usize; 2],
-    /// Channel groups (1 = dense; `in_channels` = depthwise).
-    pub groups: usize,
-    /// Fused activation.
-    #[serde(default)]
-    pub act: Activation,
-}
-
-/// A fully connected layer over a `[features, 1, 1]` input; tensors as for [`Conv2d`]
-/// with `K = features`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Linear {
-    /// Output features.
-    pub out_features: usize,
-    /// Fused activation.
-    #[serde(default)]
-    pub act: Activation,
-}
-
-/// Max or average pooling window.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Pool {
-    /// `[kh, kw]`.
-    pub kernel: [usize; 2],
-    /// `[sh, sw]`.
-    pub stride: [usize; 2],
-    /// Padding `[ph, pw]` (max pool ignores padded cells; average pool counts them as 0).
-    #[serde(default)]
-    pub padding: [usize; 2],
-    /// Fused activation, applied after pooling.
-    #[serde(default)]
-    pub act: Activation,
-}
-
-/// The operations of the execution graph.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Op {
-    /// See [`Conv2d`].
-    Conv2d(Conv2d),
-    /// See [`Linear`].
-    Linear(Linear),
-    /// Max pooling.
-    MaxPool(Pool),
-    /// Average pooling.
-    AvgPool(Pool),
-    /// Mean over each channel's plane: `[c, h, w] -> [c, 1, 1]`.
-    GlobalAvgPool {
-        /// Fused activation.
-        #[serde(default)]
-        act: Activation,
-    },
-    /// Max over each channel's plane: `[c, h, w] -> [c, 1, 1]`.
-    GlobalMaxPool {
-        /// Fused activation.
-        #[serde(default)]
-        act: Activation,
-    },
-    /// Elementwise sum of two values of the same shape (residual connections).
-    Add {
-        /// Fused activation.
-        #[serde(default)]
-        act: Activation,
-    },
-    /// `[c, h, w] -> [c * h * w, 1, 1]`, in `(c, h, w)` order.
-    Flatten,
-    /// Multiplication by a constant.
-    Scale {
-        /// The factor.
-        factor: f32,
-        /// Fused activation.
-        #[serde(default)]
-        act: Activation,
-    },
-}
-
-impl Op {
-    /// The op's name as stored in the file.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Op::Conv2d(_) => "conv2d",
-            Op::Linear(_) => "linear",
-            Op::MaxPool(_) => "max_pool",
-            Op::AvgPool(_) => "avg_pool",
-            Op::GlobalAvgPool { .. } => "global_avg_pool",
-            Op::GlobalMaxPool { .. } => "global_max_pool",
-            Op::Add { .. } => "add",
-            Op::Flatten => "flatten",
-            Op::Scale { .. } => "scale",
-        }
-    }
-
-    /// Whether the op owns weight tensors.
-    pub fn has_weights(&self) -> bool {
-        matches!(self, Op::Conv2d(_) | Op::Linear(_))
-    }
-}
+pub use crate::ops::{Add, AvgPool, Conv2d, Flatten, GlobalAvgPool, GlobalMaxPool, Linear, MaxPool, Op, Scale};
 
 /// One step of the graph.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -215,6 +108,9 @@ pub struct Graph {
     /// Quantization of the normalized input (int8 graphs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_quant: Option<QuantParams>,
+    /// Bits of the int8 weights (int8 graphs): 7, see [`super::layers`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_bits: Option<u8>,
     /// The nodes, in execution order.
     pub nodes: Vec<Node>,
     /// The node whose value is the output (logits).

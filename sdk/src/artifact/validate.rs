@@ -4,7 +4,8 @@
 
 use std::collections::HashMap;
 
-use super::schema::{Graph, Node, Op, Precision, QuantParams, INPUT_NAME};
+use super::layers::WEIGHT_BITS;
+use super::schema::{Graph, Node, Precision, QuantParams, INPUT_NAME};
 use crate::{Error, Result};
 
 /// Largest accepted spatial size or channel count.
@@ -56,21 +57,6 @@ fn elements(node: &str, s: Shape) -> Result<usize> {
     Ok(n)
 }
 
-/// Output size of a sliding window, or an error naming the node.
-fn window(node: &str, size: usize, k: usize, s: usize, p: usize) -> Result<usize> {
-    if k == 0 || s == 0 || k > MAX_DIM || s > MAX_DIM || p > MAX_DIM {
-        return Err(Error::graph(node, format!("kernel {k}, stride {s}, padding {p}: kernel and stride must be >= 1")));
-    }
-    if p >= k {
-        return Err(Error::graph(node, format!("padding {p} must be smaller than the kernel {k}")));
-    }
-    let padded = size + 2 * p;
-    if padded < k {
-        return Err(Error::graph(node, format!("kernel {k} is larger than the padded input {padded}")));
-    }
-    Ok((padded - k) / s + 1)
-}
-
 fn check_quant(node: &str, q: &QuantParams) -> Result<()> {
     if !(q.scale.is_finite() && q.scale > 0.0 && q.scale < 1e30) {
         return Err(Error::graph(node, format!("quantization scale {} must be finite and positive", q.scale)));
@@ -80,64 +66,11 @@ fn check_quant(node: &str, q: &QuantParams) -> Result<()> {
 
 fn output_shape(node: &Node, ins: &[Shape]) -> Result<Shape> {
     let name = node.name.as_str();
-    let arity = if matches!(node.op, Op::Add { .. }) { 2 } else { 1 };
+    let arity = node.op.arity();
     if ins.len() != arity {
         return Err(Error::graph(name, format!("{} takes {arity} input(s), got {}", node.op.kind(), ins.len())));
     }
-    let [c, h, w] = ins.first().copied().unwrap_or([0; 3]);
-    let shape = match &node.op {
-        Op::Conv2d(cv) => {
-            if cv.groups == 0 || c % cv.groups != 0 || cv.out_channels % cv.groups.max(1) != 0 {
-                return Err(Error::graph(
-                    name,
-                    format!(
-                        "groups {} must divide the input channels {c} and the output channels {}",
-                        cv.groups, cv.out_channels
-                    ),
-                ));
-            }
-            let [kh, kw] = cv.kernel;
-            let k = (c / cv.groups).checked_mul(kh).and_then(|v| v.checked_mul(kw));
-            if k.is_none_or(|k| k > MAX_REDUCTION) {
-                return Err(Error::graph(name, format!("kernel {kh}x{kw} over {c} channels is too large")));
-            }
-            let oh = window(name, h, kh, cv.stride[0], cv.padding[0])?;
-            let ow = window(name, w, kw, cv.stride[1], cv.padding[1])?;
-            [cv.out_channels, oh, ow]
-        }
-        Op::Linear(l) => {
-            if h != 1 || w != 1 {
-                return Err(Error::graph(name, format!("linear needs a [features, 1, 1] input, got {:?}", [c, h, w])));
-            }
-            if c > MAX_REDUCTION {
-                return Err(Error::graph(name, format!("{c} input features is too many")));
-            }
-            [l.out_features, 1, 1]
-        }
-        Op::MaxPool(p) | Op::AvgPool(p) => {
-            let oh = window(name, h, p.kernel[0], p.stride[0], p.padding[0])?;
-            let ow = window(name, w, p.kernel[1], p.stride[1], p.padding[1])?;
-            [c, oh, ow]
-        }
-        Op::GlobalAvgPool { .. } | Op::GlobalMaxPool { .. } => [c, 1, 1],
-        Op::Add { .. } => {
-            let b = ins.get(1).copied().unwrap_or([0; 3]);
-            if b != [c, h, w] {
-                return Err(Error::graph(name, format!("add of different shapes {:?} and {b:?}", [c, h, w])));
-            }
-            [c, h, w]
-        }
-        Op::Flatten => {
-            let n = c.checked_mul(h).and_then(|v| v.checked_mul(w)).unwrap_or(usize::MAX);
-            [n, 1, 1]
-        }
-        Op::Scale { factor, .. } => {
-            if !factor.is_finite() {
-                return Err(Error::graph(name, format!("scale factor {factor} is not finite")));
-            }
-            [c, h, w]
-        }
-    };
+    let shape = node.op.output_shape(name, ins)?;
     elements(name, shape)?;
     Ok(shape)
 }
@@ -158,6 +91,16 @@ pub fn validate_graph(g: &Graph) -> Result<GraphInfo> {
         (None, true) => return Err(Error::graph(INPUT_NAME, "an int8 graph needs input_quant")),
         (Some(_), false) => return Err(Error::graph(INPUT_NAME, "an f32 graph has no input_quant")),
         (None, false) => {}
+    }
+    match (g.weight_bits, int8) {
+        (Some(WEIGHT_BITS), true) | (None, false) => {}
+        (bits, true) => {
+            return Err(Error::graph(
+                gname,
+                format!("int8 weights must be {WEIGHT_BITS}-bit (weight_bits), got {bits:?}"),
+            ))
+        }
+        (Some(_), false) => return Err(Error::graph(gname, "an f32 graph has no weight_bits")),
     }
     // Names defined so far -> value index. Nodes may only read values defined before
     // them, which is also what rules out cycles.

@@ -27,40 +27,9 @@ pub fn gelu(x: f32) -> f32 {
     x / (1.0 + fast_exp(-2.0 * u))
 }
 
-#[inline(always)]
-fn bias_act_body(act: Activation, bias: f32, xs: &mut [f32]) {
-    match act {
-        Activation::None => xs.iter_mut().for_each(|v| *v += bias),
-        Activation::Relu => xs.iter_mut().for_each(|v| *v = (*v + bias).max(0.0)),
-        Activation::Gelu => xs.iter_mut().for_each(|v| *v = gelu(*v + bias)),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn bias_act_avx2(act: Activation, bias: f32, xs: &mut [f32]) {
-    bias_act_body(act, bias, xs)
-}
-
-/// `x = act(x + bias)` over a slice, vectorized for AVX2 when the CPU has it.
-pub fn bias_act(act: Activation, bias: f32, xs: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if super::has_avx2() {
-        // SAFETY: AVX2 and FMA were detected; the body is safe code.
-        unsafe { bias_act_avx2(act, bias, xs) };
-        return;
-    }
-    bias_act_body(act, bias, xs)
-}
-
-/// The portable build of [`bias_act`], for tests.
-pub fn bias_act_portable(act: Activation, bias: f32, xs: &mut [f32]) {
-    bias_act_body(act, bias, xs)
-}
-
 /// Applies an activation to one value.
 #[inline(always)]
-pub fn apply(act: Activation, x: f32) -> f32 {
+pub fn activate(act: Activation, x: f32) -> f32 {
     match act {
         Activation::None => x,
         Activation::Relu => x.max(0.0),
@@ -68,11 +37,11 @@ pub fn apply(act: Activation, x: f32) -> f32 {
     }
 }
 
-/// Applies an activation to a slice in place.
-pub fn apply_slice(act: Activation, xs: &mut [f32]) {
-    if act != Activation::None {
-        bias_act(act, 0.0, xs);
-    }
+/// `code(y * inv_scale + zero_point)`: a real value to its u8 code, with the output
+/// scale's reciprocal precomputed (the int8 convolution epilogue).
+#[inline(always)]
+pub fn quantize_code(y: f32, inv_scale: f32, zero_point: f32) -> u8 {
+    code(y * inv_scale + zero_point)
 }
 
 impl QuantParams {
@@ -99,11 +68,17 @@ impl QuantParams {
     }
 }
 
-/// The u8 code nearest to `v` (already in code units): clamp, then round half up.
+/// The u8 code nearest to `v` (already in code units): clamp, then round half up; NaN
+/// gives 0.
 #[inline(always)]
 pub fn code(v: f32) -> u8 {
-    // Via i32: the clamp already saturates, and f32 -> i32 -> u8 vectorizes.
-    (v.clamp(0.0, 255.0) + 0.5) as i32 as u8
+    // `max` first: it returns 0.0 for NaN (`clamp` would keep the NaN), so the value is
+    // always in [0.5, 255.5].
+    #[allow(clippy::manual_clamp)]
+    let v = v.max(0.0).min(255.0) + 0.5;
+    // SAFETY: `v` is finite and in [0.5, 255.5], so it fits an i32; the unchecked
+    // conversion (unlike `as`, which must saturate) lets loops over it vectorize.
+    (unsafe { v.to_int_unchecked::<i32>() }) as u8
 }
 
 /// `lut[q] = out.quantize(act(factor * inp.dequantize(q)))`: any per-element map
@@ -111,7 +86,7 @@ pub fn code(v: f32) -> u8 {
 pub fn requant_lut(inp: QuantParams, factor: f32, act: Activation, out: QuantParams) -> [u8; 256] {
     let mut lut = [0u8; 256];
     for (q, slot) in lut.iter_mut().enumerate() {
-        *slot = out.quantize(apply(act, factor * inp.dequantize(q as u8)));
+        *slot = out.quantize(activate(act, factor * inp.dequantize(q as u8)));
     }
     lut
 }
@@ -130,7 +105,7 @@ mod tests {
     }
 
     #[test]
-    fn fast_exp_and_both_builds_of_bias_act_match_std() {
+    fn fast_exp_and_the_activations_match_std() {
         for i in -800..800 {
             let x = i as f32 / 10.0;
             let (a, b) = (fast_exp(x), x.exp());
@@ -138,20 +113,16 @@ mod tests {
         }
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
-        let xs: Vec<f32> = (0..1000).map(|_| rng.gen_range(-12.0..12.0)).collect();
-        for act in [Activation::None, Activation::Relu, Activation::Gelu] {
-            let (mut a, mut b) = (xs.clone(), xs.clone());
-            bias_act(act, 0.25, &mut a);
-            bias_act_portable(act, 0.25, &mut b);
-            for ((&x, &fa), &fb) in xs.iter().zip(&a).zip(&b) {
-                let z = x + 0.25;
+        for _ in 0..1000 {
+            let z: f32 = rng.gen_range(-12.0..12.0);
+            for act in [Activation::None, Activation::Relu, Activation::Gelu] {
                 let want = match act {
                     Activation::None => z,
                     Activation::Relu => z.max(0.0),
                     Activation::Gelu => 0.5 * z * (1.0 + (0.797_884_6f32 * (z + 0.044_715 * z * z * z)).tanh()),
                 };
-                assert!((fa - want).abs() <= 1e-5 * (1.0 + want.abs()), "{act:?}({z}): {fa} vs {want}");
-                assert!((fa - fb).abs() <= 1e-6 * (1.0 + want.abs()), "{act:?}: builds disagree at {z}");
+                let got = activate(act, z);
+                assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{act:?}({z}): {got} vs {want}");
             }
         }
     }

@@ -1,67 +1,156 @@
-//! CPU kernels. Activations are laid out `[C][N*H*W]` ("CNHW": channel-major, then
-//! batch): a convolution is then one GEMM per group whose output is already the next
-//! layer's input, for any batch size, with no transposes between layers.
+//! CPU kernels, in the style of tract-linalg: each hot kernel has one interface (the tile
+//! structs below), a portable implementation ([`portable`]) that defines its result, and
+//! per-architecture implementations ([`x86`]) plugged into a [`Kernels`] table that is
+//! chosen once, from the CPU's features, when the first model is opened. Every
+//! implementation runs the same randomized tests against the portable one
+//! (`kernel_tests!`, in [`testing`]).
 //!
-//! Every kernel has a portable version; the hot ones are also compiled for AVX2+FMA and
-//! chosen at run time ([`has_avx2`]). Tests compare both with simple references.
+//! Activations are stored NHWC (`[image][y][x][channel]`, with a border of padding
+//! around each image's plane where a convolution reads it): a convolution tile takes
+//! [`MR`] output pixels by [`PANEL`] output channels, broadcasts input values (f32) or
+//! groups of four input bytes (int8) and multiplies them with a panel of packed weights
+//! ([`crate::artifact::layers`]), keeping the whole tile in registers over the whole
+//! reduction, then applies the fused epilogue (bias or requantization, activation,
+//! quantization to u8) and stores each pixel's channels.
 
 pub mod act;
-pub mod gemm_f32;
-pub mod im2col;
-pub mod pool;
-pub mod qgemm;
+pub mod portable;
+#[cfg(test)]
+pub(crate) mod testing;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
 
-/// How many times each GEMM is computed: 1, or 2 with the test-only `slow-kernels`
-/// feature (which exists to show that the speed regression gate catches a slowdown).
-pub(crate) const GEMM_REPEAT: usize = if cfg!(feature = "slow-kernels") { 2 } else { 1 };
+pub use crate::artifact::layers::PANEL;
+use crate::artifact::Activation;
 
-/// Whether this CPU runs the AVX2+FMA builds of the kernels (checked once).
-pub fn has_avx2() -> bool {
+/// How many times each convolution tile is computed: 1, or 2 with the test-only
+/// `slow-kernels` feature (which exists to show that the speed gate catches a slowdown).
+pub(crate) const REPEAT: usize = if cfg!(feature = "slow-kernels") { 2 } else { 1 };
+
+/// Output pixels per convolution tile.
+pub const MR: usize = 6;
+
+/// One f32 convolution tile: `out[i][lane] = act(bias[lane] + sum over k of
+/// input[i][koffs[k]] * weights[k * PANEL + lane])` for pixels `i < pixels` and lanes
+/// `< lanes`. The reduction runs over `k` in order: window positions, then channels.
+#[derive(Debug)]
+pub struct ConvTileF32<'a> {
+    /// Per pixel: its window's first input value (pixels past `pixels` repeat a valid one).
+    pub input: [*const f32; MR],
+    /// Element offset from the window's first value of each reduction step: one loop
+    /// over the whole reduction (short nested loops cost a mispredicted exit each).
+    pub koffs: &'a [usize],
+    /// The weight panel: `koffs.len() * PANEL` values.
+    pub weights: *const f32,
+    /// Per lane.
+    pub bias: &'a [f32; PANEL],
+    /// Fused activation.
+    pub act: Activation,
+    /// Per pixel: where its lane 0 is stored (lanes are contiguous).
+    pub output: [*mut f32; MR],
+    /// Valid pixels, `1..=MR`.
+    pub pixels: usize,
+    /// Valid lanes, `1..=PANEL`.
+    pub lanes: usize,
+}
+
+/// Where an int8 tile stores its results.
+#[derive(Debug, Clone, Copy)]
+pub enum StoreU8 {
+    /// u8 codes `clamp(round(y / scale + zero_point))`: `inv_scale = 1 / scale`.
+    Codes {
+        /// Per pixel: where its lane 0 goes.
+        output: [*mut u8; MR],
+        /// `1 / scale` of the output encoding.
+        inv_scale: f32,
+        /// The output zero point.
+        zero_point: f32,
+    },
+    /// The real values (a final layer's logits).
+    Real {
+        /// Per pixel: where its lane 0 goes.
+        output: [*mut f32; MR],
+    },
+}
+
+/// One int8 convolution tile: `acc[i][lane] = sum over k of the dot product of the 4
+/// input bytes at input[i][koffs[k]] with the 4 weight bytes at weights[(k * PANEL +
+/// lane) * 4]`, then `y = act(acc * mult[lane] + offset[lane])`, stored as [`StoreU8`]
+/// says.
+#[derive(Debug)]
+pub struct ConvTileU8<'a> {
+    /// Per pixel: its window's first input byte.
+    pub input: [*const u8; MR],
+    /// Byte offset of each reduction step's four input channels (window positions, then
+    /// quads of channels).
+    pub koffs: &'a [usize],
+    /// The weight panel: `koffs.len() * PANEL * 4` bytes.
+    pub weights: *const i8,
+    /// Per lane: input scale x weight scale.
+    pub mult: &'a [f32; PANEL],
+    /// Per lane: bias minus the input zero point's contribution.
+    pub offset: &'a [f32; PANEL],
+    /// Fused activation.
+    pub act: Activation,
+    /// Where the results go.
+    pub store: StoreU8,
+    /// Valid pixels, `1..=MR`.
+    pub pixels: usize,
+    /// Valid lanes, `1..=PANEL`.
+    pub lanes: usize,
+}
+
+/// The kernel table: one implementation of each hot kernel.
+#[derive(Debug, Clone, Copy)]
+pub struct Kernels {
+    /// Which implementation (`portable`, `avx2`, `avx512vnni`).
+    pub name: &'static str,
+    /// The f32 convolution tile.
+    ///
+    /// # Safety
+    /// The value at every input pointer plus every `koffs`, the weight panel, and `lanes`
+    /// values after every output pointer of the first `pixels` pixels must be valid;
+    /// outputs must not overlap inputs.
+    pub conv_f32: unsafe fn(&ConvTileF32<'_>),
+    /// The int8 convolution tile.
+    ///
+    /// # Safety
+    /// As for `conv_f32`, with 4 bytes read at every `koffs`.
+    pub conv_u8: unsafe fn(&ConvTileU8<'_>),
+    /// An activation over a slice, in place ([`act::activate`] on every value).
+    ///
+    /// # Safety
+    /// None beyond the CPU features of the table (which [`available`] checks).
+    pub act_f32: unsafe fn(Activation, &mut [f32]),
+}
+
+impl Kernels {
+    /// Applies `act` to every value of `xs` with this table's build.
+    pub fn activate(&self, act: Activation, xs: &mut [f32]) {
+        if act != Activation::None {
+            // SAFETY: tables are only handed out for CPUs that have their features.
+            unsafe { (self.act_f32)(act, xs) }
+        }
+    }
+}
+
+/// Every implementation that runs on this CPU, the portable one first.
+pub fn available() -> Vec<&'static Kernels> {
+    let mut v = vec![&portable::KERNELS];
     #[cfg(target_arch = "x86_64")]
-    {
-        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    v.extend(x86::available());
+    v
 }
 
-/// A convolution or pooling window over one `[H][W]` plane.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Window {
-    /// Input height and width.
-    pub in_hw: [usize; 2],
-    /// Output height and width.
-    pub out_hw: [usize; 2],
-    /// Kernel `[kh, kw]`.
-    pub kernel: [usize; 2],
-    /// Stride `[sh, sw]`.
-    pub stride: [usize; 2],
-    /// Padding `[ph, pw]`.
-    pub padding: [usize; 2],
-}
-
-impl Window {
-    /// Input coordinate of output position `o`, kernel offset `k` along axis `axis`, or
-    /// `None` in the padding.
-    #[inline(always)]
-    pub fn src(&self, axis: usize, o: usize, k: usize) -> Option<usize> {
-        let (s, p, n) = match axis {
-            0 => (self.stride[0], self.padding[0], self.in_hw[0]),
-            _ => (self.stride[1], self.padding[1], self.in_hw[1]),
-        };
-        (o * s + k).checked_sub(p).filter(|&i| i < n)
-    }
-
-    /// Elements of one input plane.
-    pub fn in_plane(&self) -> usize {
-        self.in_hw[0] * self.in_hw[1]
-    }
-
-    /// Elements of one output plane.
-    pub fn out_plane(&self) -> usize {
-        self.out_hw[0] * self.out_hw[1]
-    }
+/// The implementation used by models: the fastest available one, chosen once. The
+/// environment variable `CIFAR_KERNELS` (`portable`, `avx2`, `avx512vnni`) picks another
+/// available one, for comparisons.
+pub fn best() -> &'static Kernels {
+    static BEST: std::sync::OnceLock<&'static Kernels> = std::sync::OnceLock::new();
+    BEST.get_or_init(|| {
+        let all = available();
+        let wanted = std::env::var("CIFAR_KERNELS").ok();
+        let chosen = wanted.as_deref().and_then(|w| all.iter().find(|k| k.name == w));
+        chosen.or(all.last()).copied().unwrap_or(&portable::KERNELS)
+    })
 }

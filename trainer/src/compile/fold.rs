@@ -1,31 +1,25 @@
 //! From a trained network to the SDK's execution graph in f32: batch norm folded into
-//! the convolution before it, the output scale folded into the head, weights flattened
-//! to `[out, in * kh * kw]`, the layout the SDK's GEMM kernels read.
+//! the convolution before it, the output scale folded into the head; layers in the
+//! SDK's logical layout (`[out][in][kh][kw]`, [`cifar_sdk::artifact::layers`]), which
+//! packs them for its kernels when the file is written.
 
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
-use cifar_sdk::artifact::{Activation, Conv2d, Graph, Linear, Node, Op, Pool, Precision, INPUT_NAME};
+use cifar_sdk::artifact::layers::{FloatLayer, LayerShape};
+use cifar_sdk::artifact::{
+    Activation, Add, Conv2d, GlobalAvgPool, GlobalMaxPool, Graph, Linear, MaxPool, Node, Op, Precision, INPUT_NAME,
+};
 
 use crate::model::{ModelConfig, ModelKind};
 use crate::ops::batchnorm::Activation as TrainAct;
-
-/// A folded layer's f32 parameters.
-#[derive(Debug, Clone)]
-pub struct Layer {
-    /// `[out][k]`, row-major.
-    pub weight: Vec<f32>,
-    pub bias: Vec<f32>,
-    pub out: usize,
-    pub k: usize,
-}
 
 /// The f32 graph and its layers by node name.
 #[derive(Debug, Clone)]
 pub struct FloatModel {
     pub graph: Graph,
-    pub layers: BTreeMap<String, Layer>,
+    pub layers: BTreeMap<String, FloatLayer>,
 }
 
 pub fn act(a: TrainAct) -> Activation {
@@ -40,7 +34,7 @@ struct Builder<'a> {
     params: &'a HashMap<String, Tensor>,
     cfg: &'a ModelConfig,
     nodes: Vec<Node>,
-    layers: BTreeMap<String, Layer>,
+    layers: BTreeMap<String, FloatLayer>,
 }
 
 impl Builder<'_> {
@@ -90,7 +84,8 @@ impl Builder<'_> {
             bias[o] = beta[o] - mean[o] * s;
             weight[o * k..(o + 1) * k].iter_mut().for_each(|v| *v *= s);
         }
-        self.layers.insert(node.into(), Layer { weight, bias, out, k });
+        let shape = LayerShape { out, cin, kernel: [kernel; 2], groups: 1 };
+        self.layers.insert(node.into(), FloatLayer { shape, weight, bias });
         let op = Op::Conv2d(Conv2d {
             out_channels: out,
             kernel: [kernel; 2],
@@ -108,7 +103,8 @@ impl Builder<'_> {
         let scale = self.cfg.output_scale as f32;
         let weight = self.vec("head.weight")?.iter().map(|v| v * scale).collect();
         let bias = if bias { self.vec("head.bias")?.iter().map(|v| v * scale).collect() } else { vec![0.0; out] };
-        self.layers.insert("head".into(), Layer { weight, bias, out, k });
+        let shape = LayerShape { out, cin: k, kernel: [1, 1], groups: 1 };
+        self.layers.insert("head".into(), FloatLayer { shape, weight, bias });
         Ok(self.push("head", &[input], Op::Linear(Linear { out_features: out, act: Activation::None })))
     }
 }
@@ -120,11 +116,11 @@ pub fn fold(cfg: &ModelConfig, params: &HashMap<String, Tensor>) -> Result<Float
     match cfg.kind {
         ModelKind::Airbench => {
             let w = params.get("whiten.weight").context("the checkpoint has no whiten.weight")?;
-            let (out, k) = (w.dim(0)?, w.dim(1)? * w.dim(2)? * w.dim(3)?);
-            let kernel = w.dim(2)?;
+            let (out, cin, kernel) = (w.dim(0)?, w.dim(1)?, w.dim(2)?);
+            let shape = LayerShape { out, cin, kernel: [kernel; 2], groups: 1 };
             b.layers.insert(
                 "whiten".into(),
-                Layer { weight: b.vec("whiten.weight")?, bias: b.vec("whiten.bias")?, out, k },
+                FloatLayer { shape, weight: b.vec("whiten.weight")?, bias: b.vec("whiten.bias")? },
             );
             let op = Op::Conv2d(Conv2d {
                 out_channels: out,
@@ -151,7 +147,7 @@ pub fn fold(cfg: &ModelConfig, params: &HashMap<String, Tensor>) -> Result<Float
                 if let Some(s) = scales.iter().find(|s| **s <= 0.0) {
                     bail!("{name}.bn1 has a non-positive scale ({s}): it cannot be folded across the max pool");
                 }
-                let pool = Op::MaxPool(Pool { kernel: [2; 2], stride: [2; 2], padding: [0; 2], act: a });
+                let pool = Op::MaxPool(MaxPool { kernel: [2; 2], stride: [2; 2], padding: [0; 2], act: a });
                 let p = b.push(&format!("{name}.pool"), &[&c1], pool);
                 x = b
                     .conv_bn(
@@ -164,7 +160,7 @@ pub fn fold(cfg: &ModelConfig, params: &HashMap<String, Tensor>) -> Result<Float
                     )?
                     .0;
             }
-            let p = b.push("pool", &[&x], Op::GlobalMaxPool { act: Activation::None });
+            let p = b.push("pool", &[&x], Op::GlobalMaxPool(GlobalMaxPool { act: Activation::None }));
             b.head(&p, false)?;
         }
         ModelKind::Resnet => {
@@ -207,10 +203,10 @@ pub fn fold(cfg: &ModelConfig, params: &HashMap<String, Tensor>) -> Result<Float
                     } else {
                         x.clone()
                     };
-                    x = b.push(&format!("{n}.add"), &[&c2, &short], Op::Add { act: a });
+                    x = b.push(&format!("{n}.add"), &[&c2, &short], Op::Add(Add { act: a }));
                 }
             }
-            let p = b.push("pool", &[&x], Op::GlobalAvgPool { act: Activation::None });
+            let p = b.push("pool", &[&x], Op::GlobalAvgPool(GlobalAvgPool { act: Activation::None }));
             b.head(&p, true)?;
         }
     }
@@ -218,6 +214,7 @@ pub fn fold(cfg: &ModelConfig, params: &HashMap<String, Tensor>) -> Result<Float
         precision: Precision::F32,
         input: [3, cifar_sdk::INPUT_SIZE, cifar_sdk::INPUT_SIZE],
         input_quant: None,
+        weight_bits: None,
         nodes: b.nodes,
         output: "head".into(),
     };

@@ -138,7 +138,7 @@ pub fn compile(opts: &CompileOptions) -> Result<CompileReport> {
     };
 
     // The f32 file must reproduce the trainer's forward pass.
-    let f32_model = Model::from_bytes(&quant::f32_writer(&float, meta.clone()).to_bytes()?, &sdk_options())?;
+    let f32_model = Model::from_bytes(&quant::f32_writer(&float, meta.clone())?.to_bytes()?, &sdk_options())?;
     let (reference, classes) = eval::predict(net.as_ref(), split, val, Tta::None, cfg.eval.batch_size, &dev)?;
     let f32_logits = eval::sdk_logits(&f32_model, split, val, Tta::None)?;
     let checked = opts.check_images.min(val.len());
@@ -171,7 +171,7 @@ pub fn compile(opts: &CompileOptions) -> Result<CompileReport> {
     };
     // The compiled file's validation logits: accuracy and the drift reference use them.
     let (mut writer, compiled_logits) = match opts.precision {
-        Precision::F32 => (quant::f32_writer(&float, meta.clone()), f32_logits),
+        Precision::F32 => (quant::f32_writer(&float, meta.clone())?, f32_logits),
         Precision::Int8 => {
             // Calibration images spread over the training split.
             let train = &data.train_idx;
@@ -183,7 +183,7 @@ pub fn compile(opts: &CompileOptions) -> Result<CompileReport> {
             let iq = quant::input_quant(&meta.preprocessing.normalization);
             let mut best: Option<(f64, quant::Method, cifar_sdk::artifact::ArtifactWriter, Vec<f32>)> = None;
             for method in [quant::Method::MinMax, quant::Method::Percentile] {
-                let w = quant::int8_writer(&float, iq, &quant::activation_quant(&cal, method), meta.clone());
+                let w = quant::int8_writer(&float, iq, &quant::activation_quant(&cal, method), meta.clone())?;
                 let m = Model::from_bytes(&w.to_bytes()?, &sdk_options())?;
                 let logits = eval::sdk_logits(&m, split, val, Tta::None)?;
                 let acc = accuracy(&logits, classes, split, val);

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use cifar_sdk::artifact::{ArtifactWriter, ModelMetadata, Precision, TensorData};
+use cifar_sdk::artifact::{layers, ArtifactWriter, ModelMetadata, Precision};
 use cifar_sdk::{Model, QuantParams};
 
 use super::fold::FloatModel;
@@ -97,44 +97,27 @@ pub fn input_quant(norm: &cifar_sdk::Normalization) -> QuantParams {
 }
 
 /// The f32 model file.
-pub fn f32_writer(float: &FloatModel, mut meta: ModelMetadata) -> ArtifactWriter {
+pub fn f32_writer(float: &FloatModel, mut meta: ModelMetadata) -> Result<ArtifactWriter> {
     meta.graph = float.graph.clone();
     let mut w = ArtifactWriter::new(meta);
     for (name, l) in &float.layers {
-        w.insert(format!("{name}.weight"), TensorData::f32(&l.weight, &[l.out, l.k]));
-        w.insert(format!("{name}.bias"), TensorData::f32(&l.bias, &[l.out]));
+        l.write(name, &mut w)?;
     }
-    w
+    Ok(w)
 }
 
-/// Symmetric per-row int8: `w ~ scale[o] * q[o][k]`, `q` in [-127, 127].
-pub fn quantize_rows(weight: &[f32], out: usize, k: usize) -> (Vec<i8>, Vec<f32>, Vec<i32>) {
-    let mut q = vec![0i8; out * k];
-    let mut scales = vec![0f32; out];
-    let mut sums = vec![0i32; out];
-    for o in 0..out {
-        let row = &weight[o * k..(o + 1) * k];
-        let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let s = if max > 0.0 { max / 127.0 } else { 1.0 };
-        scales[o] = s;
-        for (d, &v) in q[o * k..(o + 1) * k].iter_mut().zip(row) {
-            *d = (v / s).round().clamp(-127.0, 127.0) as i8;
-            sums[o] += i32::from(*d);
-        }
-    }
-    (q, scales, sums)
-}
-
-/// The int8 model file: `quant[i]` is node `i`'s output encoding (the output node
-/// keeps f32 logits).
+/// The int8 model file: weights quantized per output channel to 7 bits
+/// ([`cifar_sdk::artifact::layers`]); `quant[i]` is node `i`'s output encoding (the
+/// output node keeps f32 logits).
 pub fn int8_writer(
     float: &FloatModel,
     input: QuantParams,
     quant: &[QuantParams],
     mut meta: ModelMetadata,
-) -> ArtifactWriter {
+) -> Result<ArtifactWriter> {
     let mut graph = float.graph.clone();
     graph.precision = Precision::Int8;
+    graph.weight_bits = Some(layers::WEIGHT_BITS);
     graph.input_quant = Some(input);
     let output = graph.output.clone();
     for (node, &q) in graph.nodes.iter_mut().zip(quant) {
@@ -143,26 +126,7 @@ pub fn int8_writer(
     meta.graph = graph;
     let mut w = ArtifactWriter::new(meta);
     for (name, l) in &float.layers {
-        let (q, scales, sums) = quantize_rows(&l.weight, l.out, l.k);
-        w.insert(format!("{name}.weight"), TensorData::i8(&q, &[l.out, l.k]));
-        w.insert(format!("{name}.bias"), TensorData::f32(&l.bias, &[l.out]));
-        w.insert(format!("{name}.weight_scale"), TensorData::f32(&scales, &[l.out]));
-        w.insert(format!("{name}.weight_sum"), TensorData::i32(&sums, &[l.out]));
+        l.quantize().write(name, &mut w)?;
     }
-    w
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn row_quantization_is_symmetric_and_bounded() {
-        let w = [0.5, -1.0, 0.25, 0.0, 0.0, 0.0];
-        let (q, s, sums) = quantize_rows(&w, 2, 3);
-        assert_eq!(&q[..3], &[64, -127, 32]);
-        assert!((s[0] - 1.0 / 127.0).abs() < 1e-9);
-        assert_eq!(sums, vec![64 - 127 + 32, 0]);
-        assert_eq!(s[1], 1.0);
-    }
+    Ok(w)
 }

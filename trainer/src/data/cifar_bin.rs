@@ -82,7 +82,7 @@ pub fn download(url: &str, dir: &Path, quiet: bool) -> Result<PathBuf> {
 
 fn parse_records(name: &str, bytes: &[u8], split: &mut Split) -> Result<()> {
     ensure!(
-        !bytes.is_empty() && bytes.len() % RECORD == 0,
+        !bytes.is_empty() && bytes.len().is_multiple_of(RECORD),
         "{name}: {} bytes is not a whole number of {RECORD}-byte records",
         bytes.len()
     );

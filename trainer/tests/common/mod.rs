@@ -50,7 +50,7 @@ pub fn synthetic_image(c: usize, i: usize) -> image::RgbImage {
         s ^= s >> 7;
         s ^= s << 17;
         let noise = (s % 40) as i32 - 20;
-        let stripe = if ((x as usize + y as usize * (c % 3)) / (2 + c % 4)) % 2 == 0 { 60 } else { -60 };
+        let stripe = if ((x as usize + y as usize * (c % 3)) / (2 + c % 4)).is_multiple_of(2) { 60 } else { -60 };
         let base = [(c * 25) as i32, (250 - c * 23) as i32, ((c * 97) % 255) as i32];
         let px = |b: i32| (b + stripe + noise).clamp(0, 255) as u8;
         image::Rgb([px(base[0]), px(base[1]), px(base[2])])

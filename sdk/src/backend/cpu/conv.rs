@@ -1,0 +1,310 @@
+//! Convolutions (and linear layers, 1x1 convolutions of a 1x1 plane) on the CPU: the
+//! geometry resolved once per model (where each output pixel's window starts, where each
+//! window position lies, where each result goes), then tiles of [`MR`] pixels x
+//! [`PANEL`] output channels handed to the kernel table's tile functions. Every address
+//! a tile touches is checked against the value layouts when the op is built; a run only
+//! checks that the chunk's buffers have the planned sizes.
+
+use std::ops::Range;
+
+use super::{CpuBuild, CpuOp, Elem, Io, ValueLayout};
+use crate::artifact::layers::{names, LayerShape, StoredLayer, PANEL, QUAD};
+use crate::artifact::Activation;
+use crate::kernels::{portable, ConvTileF32, ConvTileU8, Kernels, StoreU8, MR};
+use crate::{Error, Result};
+
+/// How a convolution reads its window.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Window {
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+    pub out_hw: [usize; 2],
+}
+
+#[derive(Debug)]
+enum Epilogue {
+    /// f32: per (group, panel) biases.
+    F32 { bias: Vec<[f32; PANEL]> },
+    /// int8: per (group, panel) requantization; the output encoding (`None`: f32 logits).
+    U8 { mult: Vec<[f32; PANEL]>, offset: Vec<[f32; PANEL]>, out: Option<(f32, f32)> },
+}
+
+/// A convolution ready to run.
+#[derive(Debug)]
+pub(crate) struct Conv {
+    name: String,
+    shape: LayerShape,
+    act: Activation,
+    input: ValueLayout,
+    output: ValueLayout,
+    /// Per output pixel of an image: element offset of its window's first input value.
+    in_pix: Vec<usize>,
+    /// Per output pixel of an image: element offset of its channel 0.
+    out_pix: Vec<usize>,
+    /// Element offset of each reduction step from a window's first value: per window
+    /// position, its channels (f32) or quads of channels (int8).
+    koffs: Vec<usize>,
+    /// The packed weight's bytes in the file.
+    weight: Range<usize>,
+    /// Elements of one packed panel.
+    panel_len: usize,
+    epilogue: Epilogue,
+    /// int8 layers whose groups do not start on a multiple of four channels read their
+    /// channels one by one (portable code).
+    exact_channels: bool,
+    kernels: &'static Kernels,
+}
+
+fn per_panel(shape: &LayerShape, values: &[f32]) -> Vec<[f32; PANEL]> {
+    let mut v = vec![[0f32; PANEL]; shape.groups * shape.panels()];
+    for (o, &x) in values.iter().enumerate().take(shape.out) {
+        let (g, og) = (o / shape.out_g().max(1), o % shape.out_g().max(1));
+        if let Some(lane) = v.get_mut(g * shape.panels() + og / PANEL).and_then(|p| p.get_mut(og % PANEL)) {
+            *lane = x;
+        }
+    }
+    v
+}
+
+impl Conv {
+    /// Builds node `b.node`'s convolution of shape `shape` over window `win`.
+    pub fn new(b: &CpuBuild<'_>, shape: LayerShape, win: Window, act: Activation) -> Result<Self> {
+        let name = b.node.name.clone();
+        let bad = |what: String| Error::Internal(format!("{name}: {what}"));
+        let (input, output) = (b.input(0)?, b.output);
+        let layer = StoredLayer::read(b.artifact, &name, shape)?;
+        let t = b.artifact.tensors.get(&names::weight(&name)).ok_or_else(|| bad("no weight".into()))?;
+        let weight = t.offset..t.offset + t.len;
+        let [oh, ow] = win.out_hw;
+        let [kh, kw] = shape.kernel;
+        let (bd, irow) = (input.border, input.w + 2 * input.border);
+        if win.padding[0] > bd || win.padding[1] > bd {
+            return Err(bad(format!("padding {:?} exceeds the input border {bd}", win.padding)));
+        }
+        let mut in_pix = Vec::with_capacity(oh * ow);
+        let mut out_pix = Vec::with_capacity(oh * ow);
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let y = oy * win.stride[0] + bd - win.padding[0];
+                let x = ox * win.stride[1] + bd - win.padding[1];
+                in_pix.push((y * irow + x) * input.cs);
+                out_pix.push(output.at(oy, ox));
+            }
+        }
+        let offsets: Vec<usize> = (0..kh).flat_map(|ky| (0..kw).map(move |kx| (ky * irow + kx) * input.cs)).collect();
+        let int8 = input.elem == Elem::U8;
+        let cg = shape.cin_g();
+        let exact_channels = int8 && shape.groups > 1 && !cg.is_multiple_of(QUAD);
+        let (steps, width) = if int8 { (shape.quads(), QUAD) } else { (cg, 1) };
+        let koffs: Vec<usize> = offsets.iter().flat_map(|&o| (0..steps).map(move |j| o + j * width)).collect();
+        // Every address a tile touches, checked once: the farthest window read and the
+        // farthest result written stay inside one image.
+        let read = if int8 && !exact_channels { shape.quads() * QUAD } else { cg };
+        let last_group = (shape.groups - 1) * cg;
+        let far_in =
+            in_pix.iter().max().copied().unwrap_or(0) + offsets.last().copied().unwrap_or(0) + last_group + read;
+        if far_in > input.image_len() {
+            return Err(bad(format!("window reads {far_in} of {} elements", input.image_len())));
+        }
+        let far_out = out_pix.iter().max().copied().unwrap_or(0) + shape.out;
+        if far_out > output.image_len() || output.h * output.w != oh * ow {
+            return Err(bad(format!("writes {far_out} of {} elements", output.image_len())));
+        }
+        let panel_len = if int8 { shape.i8_panel_len() } else { shape.f32_panel_len() };
+        let packed_len = shape.groups * shape.panels() * panel_len;
+        if weight.len() != packed_len * if int8 { 1 } else { 4 } {
+            return Err(bad(format!("packed weight of {} bytes", weight.len())));
+        }
+        let epilogue = match layer.quant {
+            None => Epilogue::F32 { bias: per_panel(&shape, layer.bias) },
+            Some((scale, sum)) => {
+                let qi = b.input_quant(0)?;
+                let mult: Vec<f32> = scale.iter().map(|s| s * qi.scale).collect();
+                let offset: Vec<f32> = layer
+                    .bias
+                    .iter()
+                    .zip(sum)
+                    .zip(&mult)
+                    .map(|((bias, &s), m)| bias - m * (f32::from(qi.zero_point) * s as f32))
+                    .collect();
+                let out = b.out_quant.map(|q| (1.0 / q.scale, f32::from(q.zero_point)));
+                Epilogue::U8 { mult: per_panel(&shape, &mult), offset: per_panel(&shape, &offset), out }
+            }
+        };
+        Ok(Self {
+            name,
+            shape,
+            act,
+            input,
+            output,
+            in_pix,
+            out_pix,
+            koffs,
+            weight,
+            panel_len,
+            epilogue,
+            exact_channels,
+            kernels: b.kernels,
+        })
+    }
+
+    fn tiles(&self, images: usize) -> usize {
+        (images * self.in_pix.len()).div_ceil(MR)
+    }
+
+    /// Image-relative input and output offsets of a tile's pixels and how many are
+    /// valid (the rest repeat the last valid pixel), from the tile's first pixel as
+    /// `(image, pixel)`: the pixels run on across images, with no division per pixel.
+    fn tile_pixels(&self, first: (usize, usize), images: usize) -> ([usize; MR], [usize; MR], usize) {
+        let plane = self.in_pix.len();
+        let (mut n, mut p) = first;
+        let (mut ins, mut outs) = ([0usize; MR], [0usize; MR]);
+        let mut valid = 0;
+        let (mut last_in, mut last_out) = (0, 0);
+        for (i, o) in ins.iter_mut().zip(outs.iter_mut()) {
+            if n < images {
+                valid += 1;
+                last_in = n * self.input.image_len() + self.in_pix.get(p).copied().unwrap_or(0);
+                last_out = n * self.output.image_len() + self.out_pix.get(p).copied().unwrap_or(0);
+                p += 1;
+                if p == plane {
+                    (n, p) = (n + 1, 0);
+                }
+            }
+            // Past the last pixel: repeat the last valid one (computed, not stored).
+            (*i, *o) = (last_in, last_out);
+        }
+        (ins, outs, valid.max(1))
+    }
+
+    fn check_io(&self, io: &Io<'_>) -> Result<()> {
+        let bad = |what: &str| Error::Internal(format!("{}: {what}", self.name));
+        if io.input_layout(0)? != self.input || io.output_layout() != self.output {
+            return Err(bad("the chunk's layouts differ from the planned ones"));
+        }
+        let elem = |l: &ValueLayout| if l.elem == Elem::F32 { 4 } else { 1 };
+        if io.output_ptr().1 < io.images * self.output.image_len() * elem(&self.output) {
+            return Err(bad("output buffer too small"));
+        }
+        let input_len = match self.input.elem {
+            Elem::F32 => io.input_f32(0)?.len(),
+            Elem::U8 => io.input_u8(0)?.len(),
+        };
+        if input_len < io.images * self.input.image_len() {
+            return Err(bad("input buffer too small"));
+        }
+        if io.file.get(self.weight.clone()).is_none() {
+            return Err(bad("weights outside the file"));
+        }
+        Ok(())
+    }
+}
+
+impl CpuOp for Conv {
+    fn units(&self, images: usize) -> usize {
+        self.shape.groups * self.shape.panels() * self.tiles(images)
+    }
+
+    fn run(&self, io: &Io<'_>, units: Range<usize>) -> Result<()> {
+        self.check_io(io)?;
+        let tiles = self.tiles(io.images).max(1);
+        let (panels, plane) = (self.shape.panels().max(1), self.in_pix.len().max(1));
+        let (cg, og) = (self.shape.cin_g(), self.shape.out_g());
+        let (out_ptr, _) = io.output_ptr();
+        let weights = io.file.get(self.weight.clone()).unwrap_or(&[]);
+        let zero = [0f32; PANEL];
+        // One (group, panel) at a time: its weights stay in cache across its tiles.
+        let mut u = units.start;
+        while u < units.end {
+            let gp = u / tiles;
+            let last = units.end.min((gp + 1) * tiles);
+            let (g, panel) = (gp / panels, gp % panels);
+            let lanes = PANEL.min(og - panel * PANEL);
+            let channel0 = g * cg;
+            let out0 = g * og + panel * PANEL;
+            let first_pixel = (u % tiles) * MR;
+            let mut at = (first_pixel / plane, first_pixel % plane);
+            match &self.epilogue {
+                Epilogue::F32 { bias } => {
+                    let x = io.input_f32(0)?;
+                    let w: &[f32] = bytemuck::try_cast_slice(weights).map_err(|_| Error::Internal("weights".into()))?;
+                    let w = w.get(gp * self.panel_len..(gp + 1) * self.panel_len).unwrap_or(&[]);
+                    let bias = bias.get(gp).unwrap_or(&zero);
+                    for _ in u..last {
+                        let (ins, outs, valid) = self.tile_pixels(at, io.images);
+                        let tile = ConvTileF32 {
+                            input: ins.map(|i| x.as_ptr().wrapping_add(i + channel0)),
+                            koffs: &self.koffs,
+                            weights: w.as_ptr(),
+                            bias,
+                            act: self.act,
+                            output: outs.map(|o| out_ptr.cast::<f32>().wrapping_add(o + out0)),
+                            pixels: valid,
+                            lanes,
+                        };
+                        for _ in 0..crate::kernels::REPEAT {
+                            // SAFETY: `Conv::new` checked that every window of every pixel of
+                            // an image, at this group's channels, lies inside an input image
+                            // and every result inside an output image; `check_io` that the
+                            // chunk's buffers hold `images` images and the panel lies in the
+                            // file. The units of concurrent threads write disjoint (pixel,
+                            // channel) sets.
+                            unsafe { (self.kernels.conv_f32)(&tile) };
+                        }
+                        at = advance(at, plane);
+                    }
+                }
+                Epilogue::U8 { mult, offset, out } => {
+                    let x = io.input_u8(0)?;
+                    let w: &[i8] = bytemuck::cast_slice(weights);
+                    let w = w.get(gp * self.panel_len..(gp + 1) * self.panel_len).unwrap_or(&[]);
+                    let (mult, offset) = (mult.get(gp).unwrap_or(&zero), offset.get(gp).unwrap_or(&zero));
+                    for _ in u..last {
+                        let (ins, outs, valid) = self.tile_pixels(at, io.images);
+                        let store = match out {
+                            Some((inv_scale, zero_point)) => StoreU8::Codes {
+                                output: outs.map(|o| out_ptr.wrapping_add(o + out0)),
+                                inv_scale: *inv_scale,
+                                zero_point: *zero_point,
+                            },
+                            None => {
+                                StoreU8::Real { output: outs.map(|o| out_ptr.cast::<f32>().wrapping_add(o + out0)) }
+                            }
+                        };
+                        let tile = ConvTileU8 {
+                            input: ins.map(|i| x.as_ptr().wrapping_add(i + channel0)),
+                            koffs: &self.koffs,
+                            weights: w.as_ptr(),
+                            mult,
+                            offset,
+                            act: self.act,
+                            store,
+                            pixels: valid,
+                            lanes,
+                        };
+                        for _ in 0..crate::kernels::REPEAT {
+                            if self.exact_channels {
+                                // SAFETY: as for f32 above; this build reads exactly the
+                                // group's `cg` channels at each window position.
+                                unsafe { portable::conv_u8_exact(&tile, Some(cg)) };
+                            } else {
+                                // SAFETY: as for f32 above, with 4 * quads bytes per window
+                                // position (checked in `Conv::new`).
+                                unsafe { (self.kernels.conv_u8)(&tile) };
+                            }
+                        }
+                        at = advance(at, plane);
+                    }
+                }
+            }
+            u = last;
+        }
+        Ok(())
+    }
+}
+
+/// `(image, pixel)` moved on by one tile of [`MR`] pixels.
+fn advance((n, p): (usize, usize), plane: usize) -> (usize, usize) {
+    let p = p + MR;
+    (n + p / plane, p % plane)
+}

@@ -1,0 +1,269 @@
+//! The session's thread pool: `threads - 1` workers plus the calling thread.
+//!
+//! A job is a number of work units and a function run on ranges of them; threads claim
+//! ranges from a shared counter until none are left (dynamic scheduling), so a thread
+//! that is slow to start or gets preempted (machines are shared) delays nobody: the job
+//! ends when its units are done, and a worker that wakes up late finds nothing left and
+//! never touches it. Results do not depend on who ran which unit.
+//!
+//! Waiting is spin-then-park: between the layers of one inference the next job arrives
+//! within microseconds, so workers spin for a short while ([`SPIN`]) before they park;
+//! an idle pool is parked and burns no CPU (tested: `sdk/tests/idle.rs`). A panic in a
+//! job is caught and reported as an error, never propagated.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{JoinHandle, Thread};
+use std::time::{Duration, Instant};
+
+use crate::{Error, Result};
+
+/// How long a waiting thread spins before it parks.
+const SPIN: Duration = Duration::from_micros(200);
+
+/// A job: `(thread, units) -> result`, where `thread` is 0 for the caller and `1..` for
+/// the workers. Borrowed for the duration of one [`Pool::run`].
+type Job<'a> = &'a (dyn Fn(usize, Range<usize>) -> Result<()> + Sync);
+
+/// The current job, as workers may enter it.
+struct Slot {
+    /// The job, type-erased to `'static`; `None` once no worker may enter any more.
+    job: Option<Job<'static>>,
+    /// The generation that published it.
+    generation: usize,
+    /// Workers inside the job now.
+    active: usize,
+}
+
+struct Shared {
+    /// Incremented to publish a job.
+    generation: AtomicUsize,
+    slot: Mutex<Slot>,
+    /// The next unclaimed unit, the units of the job, units per claim, units done.
+    next: AtomicUsize,
+    units: AtomicUsize,
+    grain: AtomicUsize,
+    done: AtomicUsize,
+    /// The first error of the current job.
+    error: Mutex<Option<Error>>,
+    /// The thread waiting in `run`, woken when the last unit is done.
+    caller: Mutex<Option<Thread>>,
+    shutdown: AtomicBool,
+}
+
+/// A fixed set of worker threads.
+pub(crate) struct Pool {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("threads", &self.threads()).finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Spins until `done()` (or [`SPIN`] passes), then parks until it holds. Someone must
+/// `unpark` this thread after making `done()` true.
+fn wait(done: impl Fn() -> bool) {
+    let start = Instant::now();
+    let mut spins = 0u32;
+    while !done() {
+        spins = spins.wrapping_add(1);
+        if spins.is_multiple_of(64) && start.elapsed() > SPIN {
+            while !done() {
+                std::thread::park();
+            }
+            return;
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// Runs `job` on `units`, turning a panic into an error.
+fn call(job: Job<'_>, thread: usize, units: Range<usize>) -> Result<()> {
+    let what = format!("units {units:?}");
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(thread, units))) {
+        Ok(r) => r,
+        Err(_) => Err(Error::Internal(format!("a thread panicked running {what}"))),
+    }
+}
+
+impl Shared {
+    /// Claims and runs ranges of the current job until none are left; wakes the caller
+    /// when the last unit is done.
+    fn work(&self, job: Job<'_>, thread: usize) {
+        let (units, grain) = (self.units.load(Ordering::Acquire), self.grain.load(Ordering::Acquire).max(1));
+        loop {
+            let start = self.next.fetch_add(grain, Ordering::AcqRel);
+            if start >= units {
+                return;
+            }
+            let end = units.min(start + grain);
+            if let Err(e) = call(job, thread, start..end) {
+                lock(&self.error).get_or_insert(e);
+            }
+            if self.done.fetch_add(end - start, Ordering::AcqRel) + (end - start) == units && thread != 0 {
+                if let Some(t) = lock(&self.caller).as_ref() {
+                    t.unpark();
+                }
+            }
+        }
+    }
+}
+
+impl Pool {
+    /// A pool for `threads` threads in all (`threads - 1` workers are started).
+    pub fn new(threads: usize) -> Result<Self> {
+        let shared = Arc::new(Shared {
+            generation: AtomicUsize::new(0),
+            slot: Mutex::new(Slot { job: None, generation: 0, active: 0 }),
+            next: AtomicUsize::new(0),
+            units: AtomicUsize::new(0),
+            grain: AtomicUsize::new(1),
+            done: AtomicUsize::new(0),
+            error: Mutex::new(None),
+            caller: Mutex::new(None),
+            shutdown: AtomicBool::new(false),
+        });
+        let mut workers = Vec::new();
+        for thread in 1..threads.max(1) {
+            let s = Arc::clone(&shared);
+            let handle = std::thread::Builder::new()
+                .name(format!("cifar-sdk-{thread}"))
+                .spawn(move || worker(&s, thread))
+                .map_err(|e| Error::Options(format!("cannot start {threads} threads: {e}")))?;
+            workers.push(handle);
+        }
+        Ok(Self { shared, workers })
+    }
+
+    /// Threads in all, the caller's included.
+    pub fn threads(&self) -> usize {
+        self.workers.len() + 1
+    }
+
+    /// Runs `f(thread, range)` over ranges covering `0..units`, about `grain` units each,
+    /// on the calling thread and whichever workers join; returns the first error.
+    pub fn run(
+        &self,
+        units: usize,
+        grain: usize,
+        f: &(dyn Fn(usize, Range<usize>) -> Result<()> + Sync),
+    ) -> Result<()> {
+        if self.workers.is_empty() || units <= 1 {
+            return call(f, 0, 0..units);
+        }
+        let s = &*self.shared;
+        *lock(&s.caller) = Some(std::thread::current());
+        s.units.store(units, Ordering::Release);
+        s.grain.store(grain.max(1), Ordering::Release);
+        s.next.store(0, Ordering::Release);
+        s.done.store(0, Ordering::Release);
+        let generation = s.generation.load(Ordering::Acquire).wrapping_add(1);
+        {
+            // SAFETY: workers only call the job between entering the slot (while `job` is
+            // `Some`, counted in `active`) and leaving it; this function clears the slot
+            // and waits for `active` to reach 0 before it returns, so the borrowed
+            // closure outlives every use and the 'static is never observed past this call.
+            let job: Job<'static> = unsafe { std::mem::transmute::<Job<'_>, Job<'static>>(f) };
+            let mut slot = lock(&s.slot);
+            *slot = Slot { job: Some(job), generation, active: 0 };
+        }
+        s.generation.store(generation, Ordering::Release);
+        for w in &self.workers {
+            w.thread().unpark();
+        }
+        s.work(f, 0);
+        wait(|| s.done.load(Ordering::Acquire) >= units);
+        // No worker may enter any more; wait for those inside to leave.
+        lock(&s.slot).job = None;
+        while lock(&s.slot).active > 0 {
+            std::hint::spin_loop();
+        }
+        lock(&s.error).take().map_or(Ok(()), Err)
+    }
+}
+
+fn worker(s: &Shared, thread: usize) {
+    let mut seen = 0usize;
+    loop {
+        wait(|| s.shutdown.load(Ordering::Acquire) || s.generation.load(Ordering::Acquire) != seen);
+        if s.shutdown.load(Ordering::Acquire) {
+            return;
+        }
+        seen = s.generation.load(Ordering::Acquire);
+        let job = {
+            let mut slot = lock(&s.slot);
+            match slot.job {
+                Some(job) if slot.generation == seen => {
+                    slot.active += 1;
+                    Some(job)
+                }
+                _ => None,
+            }
+        };
+        if let Some(job) = job {
+            s.work(job, thread);
+            lock(&s.slot).active -= 1;
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        for w in &self.workers {
+            w.thread().unpark();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_unit_runs_once_and_errors_come_back() {
+        let pool = Pool::new(3).unwrap();
+        let hits: Vec<AtomicUsize> = (0..1000).map(|_| AtomicUsize::new(0)).collect();
+        for round in 0..300 {
+            pool.run(1000, 1 + round % 50, &|_, r| {
+                r.for_each(|u| {
+                    hits[u].fetch_add(1, Ordering::Relaxed);
+                });
+                Ok(())
+            })
+            .unwrap();
+        }
+        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 300));
+        let e = pool.run(100, 1, &|_, r| if r.start == 57 { Err(Error::Internal("x".into())) } else { Ok(()) });
+        assert!(matches!(e, Err(Error::Internal(_))));
+        let e = pool.run(100, 1, &|_, r| if r.start == 3 { panic!("boom") } else { Ok(()) });
+        assert!(matches!(e, Err(Error::Internal(_))), "a panic becomes an error");
+        pool.run(10, 1, &|_, _| Ok(())).unwrap();
+    }
+
+    #[test]
+    fn threads_are_numbered_and_the_caller_is_zero() {
+        let pool = Pool::new(2).unwrap();
+        let seen: Vec<AtomicUsize> = (0..2).map(|_| AtomicUsize::new(0)).collect();
+        for _ in 0..200 {
+            pool.run(64, 1, &|t, _| {
+                seen[t].fetch_add(1, Ordering::Relaxed);
+                std::hint::spin_loop();
+                Ok(())
+            })
+            .unwrap();
+        }
+        assert!(seen[0].load(Ordering::Relaxed) > 0, "the caller works too");
+    }
+}

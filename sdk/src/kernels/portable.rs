@@ -1,0 +1,110 @@
+//! The portable kernels: plain Rust, any CPU. They define the results the SIMD builds
+//! must reproduce bit for bit: f32 products are accumulated with fused multiply-adds in
+//! the order (window position, channel), the int8 epilogue is the scalar arithmetic of
+//! [`super::act`], and every SIMD build does the same operations in the same order.
+
+use super::act::{activate, quantize_code};
+use super::{ConvTileF32, ConvTileU8, Kernels, StoreU8, MR, PANEL};
+use crate::artifact::layers::QUAD;
+
+/// The portable table.
+pub static KERNELS: Kernels = Kernels { name: "portable", conv_f32, conv_u8, act_f32 };
+
+/// # Safety
+/// None (a safe body; `unsafe` for the table's signature).
+unsafe fn act_f32(act: crate::artifact::Activation, xs: &mut [f32]) {
+    xs.iter_mut().for_each(|x| *x = activate(act, *x));
+}
+
+/// # Safety
+/// See [`Kernels::conv_f32`].
+unsafe fn conv_f32(t: &ConvTileF32<'_>) {
+    let mut acc = [[0f32; PANEL]; MR];
+    for (i, row) in acc.iter_mut().enumerate().take(t.pixels.min(MR)) {
+        let Some(&base) = t.input.get(i) else { continue };
+        for (k, &off) in t.koffs.iter().enumerate() {
+            // SAFETY: the caller guarantees the value at each offset after each input
+            // pointer and the weight panel of koffs.len() * PANEL values.
+            let (x, w) = unsafe { (*base.add(off), t.weights.add(k * PANEL)) };
+            for (lane, a) in row.iter_mut().enumerate() {
+                // SAFETY: as above.
+                let wv = unsafe { *w.add(lane) };
+                *a = x.mul_add(wv, *a);
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate().take(t.pixels.min(MR)) {
+        let Some(&out) = t.output.get(i) else { continue };
+        for (lane, (&a, &b)) in row.iter().zip(t.bias).enumerate().take(t.lanes.min(PANEL)) {
+            // SAFETY: the caller guarantees `lanes` writable values after each output
+            // pointer of a valid pixel.
+            unsafe { *out.add(lane) = activate(t.act, a + b) };
+        }
+    }
+}
+
+/// The exact i32 sums of one int8 tile. With `exact = Some(cg)`, reduction step `k`
+/// reads only the first `cg - 4 * (k % ceil(cg / 4))` (at most 4) of its bytes: the
+/// last quad of each window position of a group whose channel count is not a multiple
+/// of four (the rest of those 4 bytes belong to the next group).
+///
+/// # Safety
+/// See [`Kernels::conv_u8`] (with only the bytes above read when `exact` is given).
+unsafe fn sums(t: &ConvTileU8<'_>, exact: Option<usize>) -> [[i32; PANEL]; MR] {
+    let mut acc = [[0i32; PANEL]; MR];
+    for (i, row) in acc.iter_mut().enumerate().take(t.pixels.min(MR)) {
+        let Some(&base) = t.input.get(i) else { continue };
+        for (k, &off) in t.koffs.iter().enumerate() {
+            let bytes = match exact {
+                Some(cg) => (cg.saturating_sub(QUAD * (k % cg.div_ceil(QUAD).max(1)))).min(QUAD),
+                None => QUAD,
+            };
+            for r in 0..bytes {
+                // SAFETY: the caller guarantees these bytes at each offset after each input
+                // pointer and the weight panel of koffs.len() * PANEL * QUAD weights.
+                let (x, w) = unsafe { (i32::from(*base.add(off + r)), t.weights.add(k * PANEL * QUAD + r)) };
+                for (lane, a) in row.iter_mut().enumerate() {
+                    // SAFETY: as above.
+                    *a += x * i32::from(unsafe { *w.add(lane * QUAD) });
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// The int8 tile; `exact` as for [`sums`].
+///
+/// # Safety
+/// See [`Kernels::conv_u8`] and [`sums`].
+pub(crate) unsafe fn conv_u8_exact(t: &ConvTileU8<'_>, exact: Option<usize>) {
+    // SAFETY: the same contract as this function's.
+    let acc = unsafe { sums(t, exact) };
+    for (i, row) in acc.iter().enumerate().take(t.pixels.min(MR)) {
+        for (lane, &a) in row.iter().enumerate().take(t.lanes.min(PANEL)) {
+            let (m, o) = (t.mult.get(lane).copied().unwrap_or(0.0), t.offset.get(lane).copied().unwrap_or(0.0));
+            let y = activate(t.act, a as f32 * m + o);
+            match t.store {
+                StoreU8::Codes { output, inv_scale, zero_point } => {
+                    if let Some(&out) = output.get(i) {
+                        // SAFETY: `lanes` writable bytes after each valid pixel's pointer.
+                        unsafe { *out.add(lane) = quantize_code(y, inv_scale, zero_point) };
+                    }
+                }
+                StoreU8::Real { output } => {
+                    if let Some(&out) = output.get(i) {
+                        // SAFETY: `lanes` writable values after each valid pixel's pointer.
+                        unsafe { *out.add(lane) = y };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// # Safety
+/// See [`Kernels::conv_u8`].
+unsafe fn conv_u8(t: &ConvTileU8<'_>) {
+    // SAFETY: the same contract as this function's.
+    unsafe { conv_u8_exact(t, None) }
+}

@@ -1,0 +1,373 @@
+//! x86-64 builds of the kernels: AVX2 + FMA (f32 with `vfmadd231ps`; int8 with
+//! `vpmaddubsw` + `vpmaddwd`, exact because the weights are 7-bit), and AVX-512 VNNI
+//! (int8 with `vpdpbusd` on 256-bit registers: one instruction per 32 multiply-adds).
+//!
+//! Every tile keeps [`MR`] x [`PANEL`] accumulators in twelve registers for the whole
+//! reduction; the epilogue does exactly the scalar operations of the portable build
+//! (no fused multiply-add there), so all builds agree bit for bit.
+
+use std::arch::x86_64::*;
+
+use super::{ConvTileF32, ConvTileU8, Kernels, StoreU8, MR, PANEL};
+use crate::artifact::Activation;
+
+/// AVX2 + FMA.
+pub static AVX2: Kernels = Kernels { name: "avx2", conv_f32: conv_f32_avx2, conv_u8: conv_u8_avx2, act_f32: act_avx2 };
+
+/// AVX-512 VNNI (with AVX-512 VL for 256-bit registers) for int8; f32 as AVX2.
+pub static AVX512_VNNI: Kernels =
+    Kernels { name: "avx512vnni", conv_f32: conv_f32_avx2, conv_u8: conv_u8_vnni, act_f32: act_avx2 };
+
+/// The builds this CPU runs, slowest first.
+pub fn available() -> Vec<&'static Kernels> {
+    let mut v = Vec::new();
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        v.push(&AVX2);
+        if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+            v.push(&AVX512_VNNI);
+        }
+    }
+    v
+}
+
+/// `e^x` on 8 lanes: [`super::act::fast_exp`]'s operations, in its order.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn exp8(x: __m256) -> __m256 {
+    let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0)), _mm256_set1_ps(88.0));
+    let magic = _mm256_set1_ps(12_582_912.0);
+    let n = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)), magic), magic);
+    let y = _mm256_sub_ps(
+        _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(0.693_359_4))),
+        _mm256_mul_ps(n, _mm256_set1_ps(-2.121_944_4e-4)),
+    );
+    let c = |v: f32| _mm256_set1_ps(v);
+    let mut p = c(1.0 / 5040.0);
+    for k in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = _mm256_add_ps(c(k), _mm256_mul_ps(y, p));
+    }
+    let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)));
+    _mm256_mul_ps(p, _mm256_castsi256_ps(bits))
+}
+
+/// The activation on 8 lanes: [`super::act::activate`]'s operations, in its order.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn act8(act: Activation, x: __m256) -> __m256 {
+    match act {
+        Activation::None => x,
+        Activation::Relu => _mm256_max_ps(x, _mm256_setzero_ps()),
+        Activation::Gelu => {
+            // u = 0.7978846 * (x + ((0.044715 * x) * x) * x); x / (1 + exp(-2 * u))
+            let cube = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.044_715), x), x), x);
+            let u = _mm256_mul_ps(_mm256_set1_ps(0.797_884_6), _mm256_add_ps(x, cube));
+            let e = exp8(_mm256_mul_ps(_mm256_set1_ps(-2.0), u));
+            _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), e))
+        }
+    }
+}
+
+/// An activation over a slice, 8 values at a time (the tail through a padded block).
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn act_avx2(act: Activation, xs: &mut [f32]) {
+    let mut chunks = xs.chunks_exact_mut(8);
+    for c in &mut chunks {
+        // SAFETY: `c` holds exactly 8 values.
+        unsafe { _mm256_storeu_ps(c.as_mut_ptr(), act8(act, _mm256_loadu_ps(c.as_ptr()))) };
+    }
+    let rest = chunks.into_remainder();
+    let mut tmp = [0f32; 8];
+    tmp.iter_mut().zip(rest.iter()).for_each(|(t, &x)| *t = x);
+    // SAFETY: `tmp` holds 8 values.
+    unsafe { _mm256_storeu_ps(tmp.as_mut_ptr(), act8(act, _mm256_loadu_ps(tmp.as_ptr()))) };
+    rest.iter_mut().zip(tmp).for_each(|(x, t)| *x = t);
+}
+
+/// Stores `lanes` of the 16 values `(lo, hi)` at `out`.
+///
+/// # Safety
+/// `lanes` (at most 16) values must be writable at `out`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn store_f32(out: *mut f32, lo: __m256, hi: __m256, lanes: usize) {
+    if lanes >= PANEL {
+        // SAFETY: 16 writable values (the caller's contract).
+        unsafe {
+            _mm256_storeu_ps(out, lo);
+            _mm256_storeu_ps(out.add(8), hi);
+        }
+    } else {
+        let mut tmp = [0f32; PANEL];
+        // SAFETY: `tmp` holds 16 values.
+        unsafe {
+            _mm256_storeu_ps(tmp.as_mut_ptr(), lo);
+            _mm256_storeu_ps(tmp.as_mut_ptr().add(8), hi);
+        }
+        for (i, v) in tmp.iter().enumerate().take(lanes) {
+            // SAFETY: i < lanes writable values.
+            unsafe { *out.add(i) = *v };
+        }
+    }
+}
+
+/// # Safety
+/// See [`Kernels::conv_f32`]; the CPU must have AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn conv_f32_avx2(t: &ConvTileF32<'_>) {
+    if t.lanes <= 8 {
+        // SAFETY: the same contract; this build reads and writes only lanes 0..8.
+        return unsafe { conv_f32_avx2_half(t) };
+    }
+    let z = _mm256_setzero_ps();
+    let (mut a0, mut b0, mut a1, mut b1, mut a2, mut b2) = (z, z, z, z, z, z);
+    let (mut a3, mut b3, mut a4, mut b4, mut a5, mut b5) = (z, z, z, z, z, z);
+    let [q0, q1, q2, q3, q4, q5] = t.input;
+    let mut w = t.weights;
+    for &k in t.koffs {
+        // SAFETY: the caller guarantees the value at each offset after each input pointer
+        // and the whole weight panel, which `w` walks once (koffs.len() * PANEL values).
+        unsafe {
+            let w0 = _mm256_loadu_ps(w);
+            let w1 = _mm256_loadu_ps(w.add(8));
+            w = w.add(PANEL);
+            macro_rules! step {
+                ($i:tt, $a:ident, $b:ident, $q:ident) => {
+                    let x = _mm256_broadcast_ss(&*$q.add(k));
+                    $a = _mm256_fmadd_ps(x, w0, $a);
+                    $b = _mm256_fmadd_ps(x, w1, $b);
+                };
+            }
+            step!(0, a0, b0, q0);
+            step!(1, a1, b1, q1);
+            step!(2, a2, b2, q2);
+            step!(3, a3, b3, q3);
+            step!(4, a4, b4, q4);
+            step!(5, a5, b5, q5);
+        }
+    }
+    // SAFETY: the bias array holds 16 values.
+    let (bias0, bias1) = unsafe { (_mm256_loadu_ps(t.bias.as_ptr()), _mm256_loadu_ps(t.bias.as_ptr().add(8))) };
+    macro_rules! store {
+        ($i:tt, $a:ident, $b:ident, $q:ident) => {
+            if $i < t.pixels {
+                let lo = act8(t.act, _mm256_add_ps($a, bias0));
+                let hi = act8(t.act, _mm256_add_ps($b, bias1));
+                // SAFETY: `lanes` writable values at each valid pixel's output.
+                unsafe { store_f32(t.output[$i], lo, hi, t.lanes) };
+            }
+        };
+    }
+    store!(0, a0, b0, q0);
+    store!(1, a1, b1, q1);
+    store!(2, a2, b2, q2);
+    store!(3, a3, b3, q3);
+    store!(4, a4, b4, q4);
+    store!(5, a5, b5, q5);
+}
+
+/// [`conv_f32_avx2`] for tiles of at most 8 lanes (a layer's last panel): one
+/// accumulator per pixel.
+///
+/// # Safety
+/// See [`Kernels::conv_f32`] with `lanes <= 8`; the CPU must have AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn conv_f32_avx2_half(t: &ConvTileF32<'_>) {
+    let z = _mm256_setzero_ps();
+    let (mut a0, mut a1, mut a2, mut a3, mut a4, mut a5) = (z, z, z, z, z, z);
+    let [q0, q1, q2, q3, q4, q5] = t.input;
+    let mut w = t.weights;
+    for &k in t.koffs {
+        // SAFETY: as in `conv_f32_avx2` (the same panel, of which lanes 0..8 are read).
+        unsafe {
+            let w0 = _mm256_loadu_ps(w);
+            w = w.add(PANEL);
+            a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(&*q0.add(k)), w0, a0);
+            a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(&*q1.add(k)), w0, a1);
+            a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(&*q2.add(k)), w0, a2);
+            a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(&*q3.add(k)), w0, a3);
+            a4 = _mm256_fmadd_ps(_mm256_broadcast_ss(&*q4.add(k)), w0, a4);
+            a5 = _mm256_fmadd_ps(_mm256_broadcast_ss(&*q5.add(k)), w0, a5);
+        }
+    }
+    // SAFETY: the bias array holds 16 values.
+    let bias0 = unsafe { _mm256_loadu_ps(t.bias.as_ptr()) };
+    for (a, out) in [a0, a1, a2, a3, a4, a5].into_iter().zip(t.output).take(t.pixels) {
+        let y = act8(t.act, _mm256_add_ps(a, bias0));
+        // SAFETY: `lanes` (<= 8) writable values at each valid pixel's output.
+        unsafe { store_f32(out, y, _mm256_setzero_ps(), t.lanes) };
+    }
+}
+
+/// The int8 epilogue for one pixel: `y = act(acc * mult + offset)`, stored.
+///
+/// # Safety
+/// `t.lanes` values must be writable at pixel `i`'s output.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn finish_u8(t: &ConvTileU8<'_>, i: usize, lo: __m256i, hi: __m256i, m: [__m256; 4]) {
+    let [m0, m1, o0, o1] = m;
+    let y0 = act8(t.act, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(lo), m0), o0));
+    let y1 = act8(t.act, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(hi), m1), o1));
+    match t.store {
+        StoreU8::Real { output } => {
+            if let Some(&out) = output.get(i) {
+                // SAFETY: the caller's contract.
+                unsafe { store_f32(out, y0, y1, t.lanes) };
+            }
+        }
+        StoreU8::Codes { output, inv_scale, zero_point } => {
+            let Some(&out) = output.get(i) else { return };
+            let (inv, zp) = (_mm256_set1_ps(inv_scale), _mm256_set1_ps(zero_point));
+            // code(v) = (clamp(v, 0, 255) + 0.5) truncated; v = y * inv + zp.
+            let code = |y: __m256| {
+                let v = _mm256_add_ps(_mm256_mul_ps(y, inv), zp);
+                let v = _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(255.0));
+                _mm256_cvttps_epi32(_mm256_add_ps(v, _mm256_set1_ps(0.5)))
+            };
+            let words = _mm256_packus_epi32(code(y0), code(y1));
+            let words = _mm256_permute4x64_epi64::<0b11_01_10_00>(words);
+            let bytes = _mm_packus_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256::<1>(words));
+            if t.lanes >= PANEL {
+                // SAFETY: 16 writable bytes (the caller's contract).
+                unsafe { _mm_storeu_si128(out.cast(), bytes) };
+            } else {
+                let mut tmp = [0u8; PANEL];
+                // SAFETY: `tmp` holds 16 bytes; then `lanes` writable bytes at `out`.
+                unsafe {
+                    _mm_storeu_si128(tmp.as_mut_ptr().cast(), bytes);
+                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), out, t.lanes);
+                }
+            }
+        }
+    }
+}
+
+/// The requantization constants of a tile, as vectors.
+///
+/// # Safety
+/// None beyond AVX2: the arrays hold 16 values each.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn epilogue_constants(t: &ConvTileU8<'_>) -> [__m256; 4] {
+    let (m, o) = (t.mult.as_ptr(), t.offset.as_ptr());
+    // SAFETY: `mult` and `offset` are arrays of 16 values.
+    unsafe { [_mm256_loadu_ps(m), _mm256_loadu_ps(m.add(8)), _mm256_loadu_ps(o), _mm256_loadu_ps(o.add(8))] }
+}
+
+/// The int8 tile, generic over the multiply-accumulate step; `$half` is the build for
+/// tiles of at most 8 lanes (one accumulator per pixel).
+macro_rules! conv_u8_tile {
+    ($name:ident, $half:ident, $features:literal, $mac:expr) => {
+        /// # Safety
+        /// See [`Kernels::conv_u8`] with `lanes <= 8`; the CPU must have the function's
+        /// features.
+        #[target_feature(enable = $features)]
+        unsafe fn $half(t: &ConvTileU8<'_>) {
+            let z = _mm256_setzero_si256();
+            let (mut a0, mut a1, mut a2, mut a3, mut a4, mut a5) = (z, z, z, z, z, z);
+            let [q0, q1, q2, q3, q4, q5] = t.input;
+            let mut w = t.weights.cast::<__m256i>();
+            for &k in t.koffs {
+                // SAFETY: as in the full build below.
+                unsafe {
+                    let w0 = _mm256_loadu_si256(w);
+                    w = w.add(2);
+                    let x = |p: *const u8| _mm256_set1_epi32(p.add(k).cast::<i32>().read_unaligned());
+                    a0 = $mac(a0, x(q0), w0);
+                    a1 = $mac(a1, x(q1), w0);
+                    a2 = $mac(a2, x(q2), w0);
+                    a3 = $mac(a3, x(q3), w0);
+                    a4 = $mac(a4, x(q4), w0);
+                    a5 = $mac(a5, x(q5), w0);
+                }
+            }
+            let m = epilogue_constants(t);
+            for (i, a) in [a0, a1, a2, a3, a4, a5].into_iter().enumerate().take(t.pixels) {
+                // SAFETY: `lanes` (<= 8) writable values at each valid pixel's output.
+                unsafe { finish_u8(t, i, a, z, m) };
+            }
+        }
+
+        /// # Safety
+        /// See [`Kernels::conv_u8`]; the CPU must have the function's features.
+        #[target_feature(enable = $features)]
+        unsafe fn $name(t: &ConvTileU8<'_>) {
+            if t.lanes <= 8 {
+                // SAFETY: the same contract.
+                return unsafe { $half(t) };
+            }
+            let z = _mm256_setzero_si256();
+            let (mut a0, mut b0, mut a1, mut b1, mut a2, mut b2) = (z, z, z, z, z, z);
+            let (mut a3, mut b3, mut a4, mut b4, mut a5, mut b5) = (z, z, z, z, z, z);
+            let [q0, q1, q2, q3, q4, q5] = t.input;
+            let mut w = t.weights.cast::<__m256i>();
+            for &k in t.koffs {
+                // SAFETY: the caller guarantees 4 bytes at each offset after each input
+                // pointer and the whole weight panel, which `w` walks once (64 bytes per
+                // step); the 4-byte input loads are unaligned reads.
+                unsafe {
+                    let w0 = _mm256_loadu_si256(w);
+                    let w1 = _mm256_loadu_si256(w.add(1));
+                    w = w.add(2);
+                    macro_rules! step {
+                        ($i:tt, $a:ident, $b:ident, $q:ident) => {
+                            let x = _mm256_set1_epi32($q.add(k).cast::<i32>().read_unaligned());
+                            $a = $mac($a, x, w0);
+                            $b = $mac($b, x, w1);
+                        };
+                    }
+                    step!(0, a0, b0, q0);
+                    step!(1, a1, b1, q1);
+                    step!(2, a2, b2, q2);
+                    step!(3, a3, b3, q3);
+                    step!(4, a4, b4, q4);
+                    step!(5, a5, b5, q5);
+                }
+            }
+            let m = epilogue_constants(t);
+            macro_rules! store {
+                ($i:tt, $a:ident, $b:ident, $q:ident) => {
+                    if $i < t.pixels {
+                        // SAFETY: `lanes` writable values at each valid pixel's output.
+                        unsafe { finish_u8(t, $i, $a, $b, m) };
+                    }
+                };
+            }
+            store!(0, a0, b0, q0);
+            store!(1, a1, b1, q1);
+            store!(2, a2, b2, q2);
+            store!(3, a3, b3, q3);
+            store!(4, a4, b4, q4);
+            store!(5, a5, b5, q5);
+        }
+    };
+}
+
+/// `acc + sum of four u8 x i8 products` per 32-bit lane with AVX2: `vpmaddubsw` sums
+/// pairs into i16 (exact for 7-bit weights), `vpmaddwd` with ones sums the pairs.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn mac_avx2(acc: __m256i, x: __m256i, w: __m256i) -> __m256i {
+    _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(x, w), _mm256_set1_epi16(1)))
+}
+
+/// The same with one VNNI instruction.
+#[inline]
+#[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+fn mac_vnni(acc: __m256i, x: __m256i, w: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(acc, x, w)
+}
+
+conv_u8_tile!(conv_u8_avx2, conv_u8_avx2_half, "avx2,fma", mac_avx2);
+conv_u8_tile!(conv_u8_vnni, conv_u8_vnni_half, "avx2,fma,avx512vnni,avx512vl", mac_vnni);
+
+const _: () = assert!(MR == 6 && PANEL == 16, "the x86 tiles are written for 6 x 16");
+
+#[cfg(test)]
+mod tests {
+    crate::kernels::testing::kernel_tests!(avx2, crate::kernels::x86::AVX2);
+    crate::kernels::testing::kernel_tests!(avx512vnni, crate::kernels::x86::AVX512_VNNI);
+}
