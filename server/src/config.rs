@@ -44,9 +44,16 @@ pub struct Config {
     #[arg(long, env = "CIFAR_SERVE_DEVICE", default_value = "auto")]
     pub device: cifar_sdk::DevicePolicy,
 
-    /// Inference worker threads, each with its own session. 0: one per core.
+    /// Inference workers, each with its own session (requests run in parallel on
+    /// different workers). 0: the cores divided by --threads.
     #[arg(long, env = "CIFAR_SERVE_WORKERS", default_value_t = 0)]
     pub workers: usize,
+
+    /// Threads of each worker's session (one batch runs on all of them). 0: the cores
+    /// divided by --workers when that is set, else 2 (1 on a single core): workers x
+    /// threads = the cores, with two threads per request for latency.
+    #[arg(long, env = "CIFAR_SERVE_THREADS", default_value_t = 0)]
+    pub threads: usize,
 
     /// Most images a worker runs in one batch. Requests that arrive while the workers
     /// are busy are merged into batches up to this size.
@@ -112,11 +119,18 @@ impl Config {
         })
     }
 
-    /// Worker threads after resolving 0.
-    pub fn worker_threads(&self) -> usize {
-        match self.workers {
-            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-            n => n,
+    /// `(workers, threads per worker)` after resolving 0s, from the cores this process
+    /// may use.
+    pub fn worker_threads(&self) -> (usize, usize) {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        match (self.workers, self.threads) {
+            (0, 0) => {
+                let threads = cores.min(2);
+                ((cores / threads).max(1), threads)
+            }
+            (0, t) => ((cores / t).max(1), t),
+            (w, 0) => (w, (cores / w).max(1)),
+            (w, t) => (w, t),
         }
     }
 

@@ -68,7 +68,8 @@ pub async fn reload(state: &AppState, trigger: &str) -> Result<Arc<ServedModel>,
 
 /// Opens the model, starts the workers, listens, and serves until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let options = ModelOptions { device: config.device, threads: 1, max_batch: config.max_batch as usize };
+    let (workers, threads) = config.worker_threads();
+    let options = ModelOptions { device: config.device, threads, max_batch: config.max_batch as usize };
     let repository = Repository::open(config.model.clone(), config.served_name(), options)
         .with_context(|| format!("cannot serve {}", config.model.display()))?;
     let model = repository.current();
@@ -90,7 +91,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }));
     telemetry.set_model(&model);
     telemetry.set_drift(&telemetry.drift.report());
-    let workers = config.worker_threads();
     let policy = BatchPolicy {
         max_batch: config.max_batch as usize,
         max_queue_delay: Duration::from_micros(config.max_queue_delay_us),
@@ -104,7 +104,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let state: AppState =
         Arc::new(Shared { config, repository, batcher, telemetry, shutting_down: AtomicBool::new(false) });
     spawn_sighup_reloader(state.clone());
-    tracing::info!(%addr, workers, max_batch = policy.max_batch, "listening on http://{addr}/");
+    tracing::info!(%addr, workers, threads, max_batch = policy.max_batch, "listening on http://{addr}/");
     if let Some(path) = &state.config.ready_file {
         cifar_sdk::write_atomic(path, addr.to_string().as_bytes())
             .with_context(|| format!("cannot write the ready file {}", path.display()))?;
