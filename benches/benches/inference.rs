@@ -1,54 +1,81 @@
-//! Criterion benchmarks of the SDK on the CPU.
+//! Criterion benchmarks of the SDK on the CPU, for both model families
+//! ([`cifar_benches::FAMILIES`]), f32 and int8, 1 and 2 threads.
 //!
-//! - `latency/{f32,int8}/b1`: one image (gated).
-//! - `throughput/{f32,int8}/b{64,256}`: batches (gated; images/s in the report).
-//! - `open/{f32,int8}`: `Model::open` (mmap + full validation).
+//! - `latency/<family>/<precision>/t<threads>/b1`: one image (gated).
+//! - `throughput/<family>/<precision>/t<threads>/b{64,256}`: batches (b64 at 2 threads is
+//!   gated; images/s in the report).
+//! - `open/<family>/<precision>`: `Model::open` (mmap + full validation).
 //! - `preprocess/...`: decoding and resizing encoded images.
-//! - `layers/<node>`: the time of each node of the f32 model at batch 16 (where time goes),
-//!   from the observer callbacks (the whole model runs; each entry reports its share).
+//! - `layers/<family>/<precision>/<node>`: each node's share of one batch-16 run (where
+//!   time goes), from `Session::node_times`.
 //!
+//! A model this build cannot open (a file of another format version, say) is skipped
+//! with a note on stderr, so the gate reports "no baseline" for it instead of failing.
 //! `cargo bench -p cifar-benches [-- FILTER]`; the gate (`scripts/bench-gate.sh`) runs the
 //! gated ones.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use cifar_benches::{bench_model, nchw_input, options, rgb8_input};
+use cifar_benches::{bench_model, nchw_input, options, rgb8_input, FAMILIES};
 use cifar_sdk::Model;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-fn latency_and_throughput(c: &mut Criterion) {
-    for precision in ["f32", "int8"] {
-        let model = Model::open(bench_model(precision), &options(1)).expect("open the benchmark model");
-        let mut session = model.session().expect("session");
-        let classes = model.classes();
-        let mut group = c.benchmark_group("latency");
-        let x = rgb8_input(1);
-        let mut out = vec![0f32; classes];
-        group.bench_function(BenchmarkId::new(precision, "b1"), |b| {
-            b.iter(|| session.run_rgb8(black_box(&x), 1, &mut out).expect("run"))
-        });
-        group.finish();
-        let mut group = c.benchmark_group("throughput");
-        // Whole batches take tens of milliseconds: a few equal samples are enough.
-        group.sample_size(10).sampling_mode(criterion::SamplingMode::Flat);
-        for batch in [64usize, 256] {
-            let x = rgb8_input(batch);
-            let mut out = vec![0f32; batch * classes];
-            group.throughput(Throughput::Elements(batch as u64));
-            group.bench_function(BenchmarkId::new(precision, format!("b{batch}")), |b| {
-                b.iter(|| session.run_rgb8(black_box(&x), batch, &mut out).expect("run"))
-            });
+/// Opens a benchmark model, or says why it is skipped.
+fn open_model(family: &str, precision: &str, threads: usize) -> Option<std::sync::Arc<Model>> {
+    let path = bench_model(family, precision);
+    match Model::open(&path, &options(threads)) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            eprintln!("skipped {family}/{precision}: cannot open {}: {e}", path.display());
+            None
         }
-        group.finish();
+    }
+}
+
+fn latency_and_throughput(c: &mut Criterion) {
+    for family in FAMILIES {
+        for precision in ["f32", "int8"] {
+            for threads in [1usize, 2] {
+                let Some(model) = open_model(family, precision, threads) else { continue };
+                let mut session = model.session().expect("session");
+                let classes = model.classes();
+                let id =
+                    |batch: usize| BenchmarkId::new(format!("{family}/{precision}/t{threads}"), format!("b{batch}"));
+                let mut group = c.benchmark_group("latency");
+                let x = rgb8_input(1);
+                let mut out = vec![0f32; classes];
+                group.bench_function(id(1), |b| b.iter(|| session.run_rgb8(black_box(&x), 1, &mut out).expect("run")));
+                group.finish();
+                let mut group = c.benchmark_group("throughput");
+                // Whole batches take milliseconds: a few equal samples are enough.
+                group.sample_size(10).sampling_mode(criterion::SamplingMode::Flat);
+                for batch in [64usize, 256] {
+                    let x = rgb8_input(batch);
+                    let mut out = vec![0f32; batch * classes];
+                    group.throughput(Throughput::Elements(batch as u64));
+                    group.bench_function(id(batch), |b| {
+                        b.iter(|| session.run_rgb8(black_box(&x), batch, &mut out).expect("run"))
+                    });
+                }
+                group.finish();
+            }
+        }
     }
 }
 
 fn open(c: &mut Criterion) {
     let mut group = c.benchmark_group("open");
-    for precision in ["f32", "int8"] {
-        let path = bench_model(precision);
-        group.bench_function(precision, |b| b.iter(|| Model::open(black_box(&path), &options(1)).expect("open")));
+    for family in FAMILIES {
+        for precision in ["f32", "int8"] {
+            let path = bench_model(family, precision);
+            if open_model(family, precision, 1).is_none() {
+                continue;
+            }
+            group.bench_function(format!("{family}/{precision}"), |b| {
+                b.iter(|| Model::open(black_box(&path), &options(1)).expect("open"))
+            });
+        }
     }
     group.finish();
 }
@@ -67,37 +94,33 @@ fn preprocess(c: &mut Criterion) {
     group.bench_function("jpeg_640x480_resized", |b| {
         b.iter(|| cifar_sdk::image::decode_rgb8(black_box(&photo), 32, 32))
     });
+    group.bench_function("nchw_input_b64", |b| b.iter(|| nchw_input(black_box(64))));
     group.finish();
 }
 
 fn layers(c: &mut Criterion) {
-    let model = Model::open(bench_model("f32"), &options(1)).expect("open");
-    let mut session = model.session().expect("session");
     let batch = 16;
-    let x = nchw_input(batch);
-    let names: Vec<String> =
-        model.metadata().graph.nodes.iter().map(|n| format!("{}_{}", n.name, n.op.kind())).collect();
+    let x = rgb8_input(batch);
     let mut group = c.benchmark_group("layers");
-    group.sample_size(10).measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
-    for (index, name) in names.iter().enumerate() {
-        group.bench_function(name.as_str(), |b| {
-            b.iter_custom(|iters| {
-                let mut mine = Duration::ZERO;
-                for _ in 0..iters {
-                    let mut last = Instant::now();
-                    session
-                        .run_observed(&x, batch, &mut |i, _| {
-                            let now = Instant::now();
-                            if i == index {
-                                mine += now - last;
-                            }
-                            last = now;
-                        })
-                        .expect("run");
-                }
-                mine
-            })
-        });
+    group.sample_size(10).measurement_time(Duration::from_secs(1)).warm_up_time(Duration::from_millis(300));
+    for family in FAMILIES {
+        for precision in ["f32", "int8"] {
+            let Some(model) = open_model(family, precision, 1) else { continue };
+            let mut session = model.session().expect("session");
+            let nodes = &model.metadata().graph.nodes;
+            for (index, node) in nodes.iter().enumerate() {
+                let name = format!("{family}/{precision}/{}_{}", node.name, node.op.kind());
+                group.bench_function(name, |b| {
+                    b.iter_custom(|iters| {
+                        let mut mine = 0f64;
+                        for _ in 0..iters {
+                            mine += session.node_times(&x, batch).expect("run").get(index).copied().unwrap_or(0.0);
+                        }
+                        Duration::from_secs_f64(mine)
+                    })
+                });
+            }
+        }
     }
     group.finish();
 }

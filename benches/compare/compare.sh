@@ -2,33 +2,39 @@
 # Side-by-side speed of cifar-sdk and ONNX Runtime: installs onnxruntime into a local
 # virtual environment (benches/compare/.venv), builds sdk-bench and the trainer, exports
 # each model to ONNX (`trainer export-onnx`), and prints one table with batch 1, 64 and
-# 256 at 1 and 2 threads, f32 and int8 (QDQ for ONNX Runtime).
+# 256 at 1 and 2 threads, f32 and int8 (QDQ for ONNX Runtime), measured in interleaved
+# rounds, then the engine's targets against ONNX Runtime's best (compare.py).
 #
-#   benches/compare/compare.sh                      # the configs/cpu.toml fixture models
+#   benches/compare/compare.sh                      # the benchmark models: fixtures/models/{cpu,resnet}-*.cifar
 #   benches/compare/compare.sh NAME=RUN_DIR ...     # models compiled in runs (model-f32/int8.cifar)
+#   COMPARE_ARGS="--rounds 5 --threads 2" benches/compare/compare.sh   # options of compare.py
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 venv=benches/compare/.venv
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-"$venv/bin/pip" install --quiet --disable-pip-version-check onnxruntime numpy
+"$venv/bin/pip" install --quiet --disable-pip-version-check onnxruntime==1.32.0 numpy
 cargo build --release --locked -p cifar-benches --bin sdk-bench -p cifar-trainer >&2
 source scripts/target-dir.sh
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 specs=()
-add() { # NAME PRECISION CIFAR
-  "$target"/release/trainer export-onnx "$3" -o "$work/$1-$2.onnx" --no-check >&2
-  specs+=(--model "$1=$3=$work/$1-$2.onnx")
+add() { # NAME F32.cifar INT8.cifar
+  for p in f32 int8; do
+    local cifar=$2
+    [ $p = int8 ] && cifar=$3
+    "$target"/release/trainer export-onnx "$cifar" -o "$work/$1-$p.onnx" --no-check >&2
+  done
+  specs+=(--model "$1=$2=$3=$work/$1-f32.onnx=$work/$1-int8.onnx")
 }
 if [ $# -eq 0 ]; then
-  for p in f32 int8; do add cpu.toml $p "fixtures/models/cpu-$p.cifar"; done
+  for family in cpu resnet; do add $family "fixtures/models/$family-f32.cifar" "fixtures/models/$family-int8.cifar"; done
 else
   for arg in "$@"; do
     name=${arg%%=*}; dir=${arg#*=}
-    for p in f32 int8; do add "$name" $p "$dir/model-$p.cifar"; done
+    add "$name" "$dir/model-f32.cifar" "$dir/model-int8.cifar"
   done
 fi
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, flags: $(grep -m1 -o -w -E 'avx2|avx512f|fma|avx512_vnni|avx_vnni' /proc/cpuinfo | sort -u | xargs)"
-"$venv/bin/python" benches/compare/compare.py --sdk-bench "$target"/release/sdk-bench "${specs[@]}"
+"$venv/bin/python" benches/compare/compare.py --sdk-bench "$target"/release/sdk-bench "${specs[@]}" ${COMPARE_ARGS:-}

@@ -10,14 +10,19 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The benchmark models: the configs/cpu.toml recipe (airbench 32/64/128, 20 M MACs per
-/// image, 84.8% validation accuracy) compiled to f32 and int8, committed as
-/// `fixtures/models/cpu-{f32,int8}.cifar`. `CIFAR_BENCH_MODELS=DIR` reads them from
-/// another directory (the gate points both builds at the same files).
-pub fn bench_model(precision: &str) -> PathBuf {
+/// The model families every speed table covers: `cpu` (configs/cpu.toml, airbench
+/// 32/64/128, 20 M MACs per image) and `resnet` (configs/resnet.toml, a ResNet-8 with
+/// 16/32/64 channels, 12.5 M MACs per image).
+pub const FAMILIES: [&str; 2] = ["cpu", "resnet"];
+
+/// A benchmark model: `family` ([`FAMILIES`]) compiled to `precision` (`f32`, `int8`),
+/// committed as `fixtures/models/<family>-<precision>.cifar` (rebuilt from the runs in
+/// `fixtures/runs/` by scripts/make-fixtures.sh). `CIFAR_BENCH_MODELS=DIR` reads them
+/// from another directory (the gate points both builds at the same files).
+pub fn bench_model(family: &str, precision: &str) -> PathBuf {
     let dir =
         std::env::var_os("CIFAR_BENCH_MODELS").map(PathBuf::from).unwrap_or_else(|| root().join("fixtures/models"));
-    dir.join(format!("cpu-{precision}.cifar"))
+    dir.join(format!("{family}-{precision}.cifar"))
 }
 
 /// Options the benchmarks open models with: the CPU, `threads` threads, chunks of up to

@@ -29,9 +29,12 @@ struct Args {
     /// Threads of the session.
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// Seconds of timed runs (after one second of warm-up); at least 5 runs.
+    /// Seconds of timed runs (after the warm-up); at least 5 runs.
     #[arg(long, default_value_t = 2.0)]
     seconds: f64,
+    /// Seconds of untimed warm-up runs.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
     /// Device policy: cpu, gpu, gpu-or-cpu or auto.
     #[arg(long, default_value = "cpu")]
     device: cifar_sdk::DevicePolicy,
@@ -94,7 +97,7 @@ fn run() -> Result<()> {
     let x = cifar_benches::nchw_input(args.batch);
     let mut out = vec![0f32; args.batch * model.classes()];
     let warm = Instant::now();
-    while warm.elapsed() < Duration::from_secs(1) {
+    while warm.elapsed() < Duration::from_secs_f64(args.warmup) {
         session.run_nchw(&x, args.batch, &mut out)?;
     }
     let mut times = Vec::new();
@@ -110,6 +113,7 @@ fn run() -> Result<()> {
         "{}",
         serde_json::json!({
             "runtime": "cifar-sdk", "precision": model.precision().to_string(), "batch": args.batch,
+            "kernels": model.kernels(),
             "threads": args.threads, "median_ms": median * 1e3, "images_per_s": args.batch as f64 / median,
             "runs": times.len(), "device": model.device().to_string(),
             "agreement_images": agree.map(|a| a.0), "max_rel_err_vs_cpu": agree.map(|a| a.1),
