@@ -8,6 +8,8 @@
 //! - `preprocess/...`: decoding and resizing encoded images.
 //! - `layers/<family>/<precision>/<node>`: each node's share of one batch-16 run (where
 //!   time goes), from `Session::node_times`.
+//! - `kernels/<tile>/<build>`: each kernel build's convolution tile on data in L1 (the
+//!   kernels' own speed; elements = multiply-adds).
 //!
 //! A model this build cannot open (a file of another format version, say) is skipped
 //! with a note on stderr, so the gate reports "no baseline" for it instead of failing.
@@ -125,6 +127,60 @@ fn layers(c: &mut Criterion) {
     group.finish();
 }
 
+/// The convolution tiles of every kernel build this CPU runs, on a hot tile (inputs and
+/// weights in L1): the kernels' own speed, without the memory system.
+fn kernels(c: &mut Criterion) {
+    use cifar_sdk::artifact::Activation;
+    use cifar_sdk::kernels::{available, ConvTileF32, ConvTileU8, StoreU8, MR, PANEL};
+    let k = 288; // 3x3 over 32 channels
+    let koffs: Vec<usize> = (0..k).collect();
+    let input = vec![0.5f32; MR * 64 + k];
+    let weights = vec![0.25f32; k * PANEL];
+    let bias = [0.1f32; PANEL];
+    let mut out = vec![0f32; MR * PANEL];
+    let bytes = vec![7u8; MR * 64 + 4 * k];
+    let codes = vec![3i8; k * PANEL * 4];
+    let q_offs: Vec<usize> = (0..k).map(|i| 4 * i).collect();
+    let mut group = c.benchmark_group("kernels");
+    group.throughput(Throughput::Elements((MR * PANEL * k) as u64));
+    for table in available() {
+        for act in [Activation::Relu, Activation::Gelu] {
+            let out_ptr = out.as_mut_ptr();
+            let tile = ConvTileF32 {
+                input: std::array::from_fn(|i| input[i * 64..].as_ptr()),
+                koffs: &koffs,
+                weights: weights.as_ptr(),
+                bias: &bias,
+                act,
+                output: std::array::from_fn(|i| out_ptr.wrapping_add(i * PANEL)),
+                pixels: MR,
+                lanes: PANEL,
+            };
+            group.bench_function(format!("conv_f32_k288_{act:?}/{}", table.name).to_lowercase(), |b| {
+                // SAFETY: the buffers above hold every window, the panel and MR x PANEL outputs.
+                b.iter(|| unsafe { (table.conv_f32)(black_box(&tile)) })
+            });
+            let out_ptr = out.as_mut_ptr();
+            let tile = ConvTileU8 {
+                input: std::array::from_fn(|i| bytes[i * 64..].as_ptr()),
+                koffs: &q_offs[..k / 4],
+                weights: codes.as_ptr(),
+                mult: &bias,
+                offset: &bias,
+                act,
+                store: StoreU8::Real { output: std::array::from_fn(|i| out_ptr.wrapping_add(i * PANEL)) },
+                pixels: MR,
+                lanes: PANEL,
+            };
+            group.bench_function(format!("conv_u8_k288_{act:?}/{}", table.name).to_lowercase(), |b| {
+                // SAFETY: as above (k / 4 steps of 4 bytes).
+                b.iter(|| unsafe { (table.conv_u8)(black_box(&tile)) })
+            });
+        }
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = gated;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
@@ -133,6 +189,6 @@ criterion_group! {
 criterion_group! {
     name = other;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    targets = open, preprocess, layers
+    targets = open, preprocess, layers, kernels
 }
 criterion_main!(gated, other);

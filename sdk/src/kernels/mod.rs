@@ -100,6 +100,22 @@ pub struct ConvTileU8<'a> {
     pub lanes: usize,
 }
 
+/// Elementwise sum of two u8-encoded values into a third encoding (residual adds):
+/// `out = code(act(sa * (a - za) + sb * (b - zb)) / so + zo)`.
+#[derive(Debug)]
+pub struct AddU8<'a> {
+    /// The two inputs (as long as `out`).
+    pub a: &'a [u8],
+    /// See `a`.
+    pub b: &'a [u8],
+    /// The result.
+    pub out: &'a mut [u8],
+    /// Encodings of `a`, `b` and `out`.
+    pub quant: [crate::artifact::QuantParams; 3],
+    /// Fused activation.
+    pub act: Activation,
+}
+
 /// The kernel table: one implementation of each hot kernel.
 #[derive(Debug, Clone, Copy)]
 pub struct Kernels {
@@ -117,6 +133,11 @@ pub struct Kernels {
     /// # Safety
     /// As for `conv_f32`, with 4 bytes read at every `koffs`.
     pub conv_u8: unsafe fn(&ConvTileU8<'_>),
+    /// The int8 elementwise add.
+    ///
+    /// # Safety
+    /// None beyond the CPU features of the table (which [`available`] checks).
+    pub add_u8: unsafe fn(&mut AddU8<'_>),
     /// An activation over a slice, in place ([`act::activate`] on every value).
     ///
     /// # Safety
@@ -125,6 +146,12 @@ pub struct Kernels {
 }
 
 impl Kernels {
+    /// The int8 elementwise add with this table's build.
+    pub fn add_u8(&self, job: &mut AddU8<'_>) {
+        // SAFETY: tables are only handed out for CPUs that have their features.
+        unsafe { (self.add_u8)(job) }
+    }
+
     /// Applies `act` to every value of `xs` with this table's build.
     pub fn activate(&self, act: Activation, xs: &mut [f32]) {
         if act != Activation::None {

@@ -8,7 +8,19 @@ use super::{ConvTileF32, ConvTileU8, Kernels, StoreU8, MR, PANEL};
 use crate::artifact::layers::QUAD;
 
 /// The portable table.
-pub static KERNELS: Kernels = Kernels { name: "portable", conv_f32, conv_u8, act_f32 };
+pub static KERNELS: Kernels = Kernels { name: "portable", conv_f32, conv_u8, add_u8, act_f32 };
+
+/// # Safety
+/// None (a safe body; `unsafe` for the table's signature).
+unsafe fn add_u8(j: &mut super::AddU8<'_>) {
+    let [qa, qb, qo] = j.quant;
+    let (za, zb, inv, zo) =
+        (f32::from(qa.zero_point), f32::from(qb.zero_point), 1.0 / qo.scale, f32::from(qo.zero_point));
+    for ((o, &a), &b) in j.out.iter_mut().zip(j.a).zip(j.b) {
+        let y = qa.scale * (f32::from(a) - za) + qb.scale * (f32::from(b) - zb);
+        *o = quantize_code(activate(j.act, y), inv, zo);
+    }
+}
 
 /// # Safety
 /// None (a safe body; `unsafe` for the table's signature).

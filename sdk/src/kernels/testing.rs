@@ -149,9 +149,30 @@ pub fn run_act(k: &Kernels, c: &Case) -> Vec<u32> {
     xs.iter().map(|v| v.to_bits()).collect()
 }
 
+/// Runs the int8 add of a case.
+pub fn run_add(k: &Kernels, c: &Case) -> Vec<u32> {
+    let mut next = rng(c.seed);
+    let n = c.positions * c.depth + c.lanes;
+    let a: Vec<u8> = (0..n).map(|_| (next() % 256) as u8).collect();
+    let b: Vec<u8> = (0..n).map(|_| (next() % 256) as u8).collect();
+    let q = |lo: f32, hi: f32| crate::QuantParams::from_range(lo, hi);
+    let mut out = vec![0u8; n];
+    k.add_u8(&mut super::AddU8 {
+        a: &a,
+        b: &b,
+        out: &mut out,
+        quant: [q(-1.0, 3.0), q(-2.5, 0.5), q(-1.5, 3.5)],
+        act: act(c.act),
+    });
+    out.iter().map(|&v| u32::from(v)).collect()
+}
+
 /// Every kernel of `k` agrees with the portable build on `c`.
 pub fn check(k: &Kernels, c: &Case) -> Result<(), String> {
     let p = &super::portable::KERNELS;
+    if run_add(k, c) != run_add(p, c) {
+        return Err(format!("{}: add_u8 differs from the portable build on {c:?}", k.name));
+    }
     if run_act(k, c) != run_act(p, c) {
         return Err(format!("{}: act_f32 differs from the portable build on {c:?}", k.name));
     }

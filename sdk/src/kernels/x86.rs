@@ -12,11 +12,18 @@ use super::{ConvTileF32, ConvTileU8, Kernels, StoreU8, MR, PANEL};
 use crate::artifact::Activation;
 
 /// AVX2 + FMA.
-pub static AVX2: Kernels = Kernels { name: "avx2", conv_f32: conv_f32_avx2, conv_u8: conv_u8_avx2, act_f32: act_avx2 };
+pub static AVX2: Kernels =
+    Kernels { name: "avx2", conv_f32: conv_f32_avx2, conv_u8: conv_u8_avx2, add_u8: add_u8_avx2, act_f32: act_avx2 };
 
-/// AVX-512 VNNI (with AVX-512 VL for 256-bit registers) for int8; f32 as AVX2.
-pub static AVX512_VNNI: Kernels =
-    Kernels { name: "avx512vnni", conv_f32: conv_f32_avx2, conv_u8: conv_u8_vnni, act_f32: act_avx2 };
+/// AVX-512 VNNI (with AVX-512 VL for 256-bit registers) for int8; f32 with AVX-512 VL
+/// encodings.
+pub static AVX512_VNNI: Kernels = Kernels {
+    name: "avx512vnni",
+    conv_f32: conv_f32_avx512,
+    conv_u8: conv_u8_vnni,
+    add_u8: add_u8_avx2,
+    act_f32: act_avx2,
+};
 
 /// The builds this CPU runs, slowest first.
 pub fn available() -> Vec<&'static Kernels> {
@@ -67,6 +74,32 @@ fn act8(act: Activation, x: __m256) -> __m256 {
     }
 }
 
+/// The activation on a tile's twelve vectors, stage by stage over the block, so that
+/// the twelve independent chains overlap (one vector at a time, GELU's long dependency
+/// chain leaves the core waiting).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn act_block(act: Activation, ys: &mut [__m256; 2 * MR]) {
+    match act {
+        Activation::None => {}
+        Activation::Relu => ys.iter_mut().for_each(|y| *y = _mm256_max_ps(*y, _mm256_setzero_ps())),
+        Activation::Gelu => {
+            let mut e = [_mm256_setzero_ps(); 2 * MR];
+            for (e, &x) in e.iter_mut().zip(ys.iter()) {
+                let cube = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.044_715), x), x), x);
+                let u = _mm256_mul_ps(_mm256_set1_ps(0.797_884_6), _mm256_add_ps(x, cube));
+                *e = _mm256_mul_ps(_mm256_set1_ps(-2.0), u);
+            }
+            for e in e.iter_mut() {
+                *e = exp8(*e);
+            }
+            for (y, e) in ys.iter_mut().zip(e) {
+                *y = _mm256_div_ps(*y, _mm256_add_ps(_mm256_set1_ps(1.0), e));
+            }
+        }
+    }
+}
+
 /// An activation over a slice, 8 values at a time (the tail through a padded block).
 ///
 /// # Safety
@@ -86,6 +119,63 @@ unsafe fn act_avx2(act: Activation, xs: &mut [f32]) {
     rest.iter_mut().zip(tmp).for_each(|(x, t)| *x = t);
 }
 
+/// The int8 elementwise add, 16 values at a time: the portable build's operations, in
+/// its order (a tail of fewer through a padded block).
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn add_u8_avx2(j: &mut super::AddU8<'_>) {
+    let [qa, qb, qo] = j.quant;
+    let c = |v: f32| _mm256_set1_ps(v);
+    let (sa, za, sb, zb) = (c(qa.scale), c(f32::from(qa.zero_point)), c(qb.scale), c(f32::from(qb.zero_point)));
+    let (inv, zo, act) = (c(1.0 / qo.scale), c(f32::from(qo.zero_point)), j.act);
+    // 16 codes of each input -> 16 output codes.
+    let block = |a: __m128i, b: __m128i| -> __m128i {
+        let half = |a: __m128i, b: __m128i| {
+            let real = |q: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q));
+            let y = _mm256_add_ps(
+                _mm256_mul_ps(sa, _mm256_sub_ps(real(a), za)),
+                _mm256_mul_ps(sb, _mm256_sub_ps(real(b), zb)),
+            );
+            let v = _mm256_add_ps(_mm256_mul_ps(act8(act, y), inv), zo);
+            let v = _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), c(255.0));
+            _mm256_cvttps_epi32(_mm256_add_ps(v, c(0.5)))
+        };
+        let lo = half(a, b);
+        let hi = half(_mm_srli_si128::<8>(a), _mm_srli_si128::<8>(b));
+        let words = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(lo, hi));
+        _mm_packus_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256::<1>(words))
+    };
+    let load = |s: &[u8]| match <[u8; 16]>::try_from(s) {
+        Ok(full) => u128::from_le_bytes(full),
+        Err(_) => {
+            let mut t = [0u8; 16];
+            t.iter_mut().zip(s).for_each(|(t, &v)| *t = v);
+            u128::from_le_bytes(t)
+        }
+    };
+    let (a, b) = (j.a, j.b);
+    for ((o, a), b) in j.out.chunks_mut(16).zip(a.chunks(16)).zip(b.chunks(16)) {
+        let v = |x: u128| _mm_set_epi64x((x >> 64) as i64, x as i64);
+        let r = block(v(load(a)), v(load(b)));
+        let bytes =
+            ((_mm_extract_epi64::<1>(r) as u64 as u128) << 64 | _mm_cvtsi128_si64(r) as u64 as u128).to_le_bytes();
+        match <&mut [u8; 16]>::try_from(&mut *o) {
+            Ok(o) => *o = bytes,
+            Err(_) => o.iter_mut().zip(bytes).for_each(|(o, p)| *o = p),
+        }
+    }
+}
+
+/// A lane mask for `_mm256_maskstore_ps`: lanes below `n` set.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn lane_mask(n: usize) -> __m256i {
+    let n = i32::try_from(n.min(8)).unwrap_or(8);
+    _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+}
+
 /// Stores `lanes` of the 16 values `(lo, hi)` at `out`.
 ///
 /// # Safety
@@ -93,156 +183,190 @@ unsafe fn act_avx2(act: Activation, xs: &mut [f32]) {
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn store_f32(out: *mut f32, lo: __m256, hi: __m256, lanes: usize) {
-    if lanes >= PANEL {
-        // SAFETY: 16 writable values (the caller's contract).
-        unsafe {
+    // SAFETY (all stores below): `lanes` writable values at `out` (the caller's
+    // contract); masked stores write only the lanes below the count.
+    unsafe {
+        if lanes >= PANEL {
             _mm256_storeu_ps(out, lo);
             _mm256_storeu_ps(out.add(8), hi);
-        }
-    } else {
-        let mut tmp = [0f32; PANEL];
-        // SAFETY: `tmp` holds 16 values.
-        unsafe {
-            _mm256_storeu_ps(tmp.as_mut_ptr(), lo);
-            _mm256_storeu_ps(tmp.as_mut_ptr().add(8), hi);
-        }
-        for (i, v) in tmp.iter().enumerate().take(lanes) {
-            // SAFETY: i < lanes writable values.
-            unsafe { *out.add(i) = *v };
+        } else if lanes >= 8 {
+            _mm256_storeu_ps(out, lo);
+            _mm256_maskstore_ps(out.add(8), lane_mask(lanes - 8), hi);
+        } else {
+            _mm256_maskstore_ps(out, lane_mask(lanes), lo);
         }
     }
 }
 
-/// # Safety
-/// See [`Kernels::conv_f32`]; the CPU must have AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn conv_f32_avx2(t: &ConvTileF32<'_>) {
-    if t.lanes <= 8 {
-        // SAFETY: the same contract; this build reads and writes only lanes 0..8.
-        return unsafe { conv_f32_avx2_half(t) };
-    }
-    let z = _mm256_setzero_ps();
-    let (mut a0, mut b0, mut a1, mut b1, mut a2, mut b2) = (z, z, z, z, z, z);
-    let (mut a3, mut b3, mut a4, mut b4, mut a5, mut b5) = (z, z, z, z, z, z);
-    let [q0, q1, q2, q3, q4, q5] = t.input;
-    let mut w = t.weights;
-    for &k in t.koffs {
-        // SAFETY: the caller guarantees the value at each offset after each input pointer
-        // and the whole weight panel, which `w` walks once (koffs.len() * PANEL values).
-        unsafe {
-            let w0 = _mm256_loadu_ps(w);
-            let w1 = _mm256_loadu_ps(w.add(8));
-            w = w.add(PANEL);
-            macro_rules! step {
-                ($i:tt, $a:ident, $b:ident, $q:ident) => {
-                    let x = _mm256_broadcast_ss(&*$q.add(k));
-                    $a = _mm256_fmadd_ps(x, w0, $a);
-                    $b = _mm256_fmadd_ps(x, w1, $b);
-                };
-            }
-            step!(0, a0, b0, q0);
-            step!(1, a1, b1, q1);
-            step!(2, a2, b2, q2);
-            step!(3, a3, b3, q3);
-            step!(4, a4, b4, q4);
-            step!(5, a5, b5, q5);
-        }
-    }
-    // SAFETY: the bias array holds 16 values.
-    let (bias0, bias1) = unsafe { (_mm256_loadu_ps(t.bias.as_ptr()), _mm256_loadu_ps(t.bias.as_ptr().add(8))) };
-    macro_rules! store {
-        ($i:tt, $a:ident, $b:ident, $q:ident) => {
-            if $i < t.pixels {
-                let lo = act8(t.act, _mm256_add_ps($a, bias0));
-                let hi = act8(t.act, _mm256_add_ps($b, bias1));
-                // SAFETY: `lanes` writable values at each valid pixel's output.
-                unsafe { store_f32(t.output[$i], lo, hi, t.lanes) };
-            }
-        };
-    }
-    store!(0, a0, b0, q0);
-    store!(1, a1, b1, q1);
-    store!(2, a2, b2, q2);
-    store!(3, a3, b3, q3);
-    store!(4, a4, b4, q4);
-    store!(5, a5, b5, q5);
-}
-
-/// [`conv_f32_avx2`] for tiles of at most 8 lanes (a layer's last panel): one
-/// accumulator per pixel.
+/// Stores the first `lanes` bytes of `bytes` at `out`, in at most four plain stores
+/// (no call to `memcpy` for a partial tile).
 ///
 /// # Safety
-/// See [`Kernels::conv_f32`] with `lanes <= 8`; the CPU must have AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn conv_f32_avx2_half(t: &ConvTileF32<'_>) {
-    let z = _mm256_setzero_ps();
-    let (mut a0, mut a1, mut a2, mut a3, mut a4, mut a5) = (z, z, z, z, z, z);
-    let [q0, q1, q2, q3, q4, q5] = t.input;
-    let mut w = t.weights;
-    for &k in t.koffs {
-        // SAFETY: as in `conv_f32_avx2` (the same panel, of which lanes 0..8 are read).
-        unsafe {
-            let w0 = _mm256_loadu_ps(w);
-            w = w.add(PANEL);
-            a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(&*q0.add(k)), w0, a0);
-            a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(&*q1.add(k)), w0, a1);
-            a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(&*q2.add(k)), w0, a2);
-            a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(&*q3.add(k)), w0, a3);
-            a4 = _mm256_fmadd_ps(_mm256_broadcast_ss(&*q4.add(k)), w0, a4);
-            a5 = _mm256_fmadd_ps(_mm256_broadcast_ss(&*q5.add(k)), w0, a5);
-        }
-    }
-    // SAFETY: the bias array holds 16 values.
-    let bias0 = unsafe { _mm256_loadu_ps(t.bias.as_ptr()) };
-    for (a, out) in [a0, a1, a2, a3, a4, a5].into_iter().zip(t.output).take(t.pixels) {
-        let y = act8(t.act, _mm256_add_ps(a, bias0));
-        // SAFETY: `lanes` (<= 8) writable values at each valid pixel's output.
-        unsafe { store_f32(out, y, _mm256_setzero_ps(), t.lanes) };
-    }
-}
-
-/// The int8 epilogue for one pixel: `y = act(acc * mult + offset)`, stored.
-///
-/// # Safety
-/// `t.lanes` values must be writable at pixel `i`'s output.
+/// `lanes` (at most 16) bytes must be writable at `out`.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn finish_u8(t: &ConvTileU8<'_>, i: usize, lo: __m256i, hi: __m256i, m: [__m256; 4]) {
-    let [m0, m1, o0, o1] = m;
-    let y0 = act8(t.act, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(lo), m0), o0));
-    let y1 = act8(t.act, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(hi), m1), o1));
-    match t.store {
-        StoreU8::Real { output } => {
-            if let Some(&out) = output.get(i) {
-                // SAFETY: the caller's contract.
-                unsafe { store_f32(out, y0, y1, t.lanes) };
-            }
+unsafe fn store_bytes(out: *mut u8, bytes: __m128i, lanes: usize) {
+    // SAFETY (all stores below): each writes bytes below `lanes` only.
+    unsafe {
+        if lanes >= PANEL {
+            _mm_storeu_si128(out.cast(), bytes);
+            return;
         }
-        StoreU8::Codes { output, inv_scale, zero_point } => {
-            let Some(&out) = output.get(i) else { return };
-            let (inv, zp) = (_mm256_set1_ps(inv_scale), _mm256_set1_ps(zero_point));
-            // code(v) = (clamp(v, 0, 255) + 0.5) truncated; v = y * inv + zp.
-            let code = |y: __m256| {
-                let v = _mm256_add_ps(_mm256_mul_ps(y, inv), zp);
-                let v = _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(255.0));
-                _mm256_cvttps_epi32(_mm256_add_ps(v, _mm256_set1_ps(0.5)))
-            };
-            let words = _mm256_packus_epi32(code(y0), code(y1));
-            let words = _mm256_permute4x64_epi64::<0b11_01_10_00>(words);
-            let bytes = _mm_packus_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256::<1>(words));
-            if t.lanes >= PANEL {
-                // SAFETY: 16 writable bytes (the caller's contract).
-                unsafe { _mm_storeu_si128(out.cast(), bytes) };
-            } else {
-                let mut tmp = [0u8; PANEL];
-                // SAFETY: `tmp` holds 16 bytes; then `lanes` writable bytes at `out`.
+        let (lo, hi) = (_mm_cvtsi128_si64(bytes) as u64, _mm_extract_epi64::<1>(bytes) as u64);
+        let mut at = 0;
+        let mut word = lo;
+        if lanes >= 8 {
+            out.cast::<u64>().write_unaligned(lo);
+            (at, word) = (8, hi);
+        }
+        let rest = lanes - at;
+        if rest & 4 != 0 {
+            out.add(at).cast::<u32>().write_unaligned(word as u32);
+            (at, word) = (at + 4, word >> 32);
+        }
+        if rest & 2 != 0 {
+            out.add(at).cast::<u16>().write_unaligned(word as u16);
+            (at, word) = (at + 2, word >> 16);
+        }
+        if rest & 1 != 0 {
+            *out.add(at) = word as u8;
+        }
+    }
+}
+
+/// The f32 tile (and `$half`, its build for tiles of at most 8 lanes) for a set of CPU
+/// features: with AVX-512 VL the compiler folds each broadcast into its multiply-add
+/// (`vfmadd231ps ymm, ymm, m32{1to8}`), with AVX2 it needs a separate broadcast.
+macro_rules! conv_f32_tile {
+    ($name:ident, $half:ident, $features:literal) => {
+        /// # Safety
+        /// See [`Kernels::conv_f32`]; the CPU must have the function's features.
+        #[target_feature(enable = $features)]
+        unsafe fn $name(t: &ConvTileF32<'_>) {
+            if t.lanes <= 8 {
+                // SAFETY: the same contract; this build reads and writes only lanes 0..8.
+                return unsafe { $half(t) };
+            }
+            let z = _mm256_setzero_ps();
+            let (mut a0, mut b0, mut a1, mut b1, mut a2, mut b2) = (z, z, z, z, z, z);
+            let (mut a3, mut b3, mut a4, mut b4, mut a5, mut b5) = (z, z, z, z, z, z);
+            let [q0, q1, q2, q3, q4, q5] = t.input;
+            let mut w = t.weights;
+            for &k in t.koffs {
+                // SAFETY: the caller guarantees the value at each offset after each input pointer
+                // and the whole weight panel, which `w` walks once (koffs.len() * PANEL values).
                 unsafe {
-                    _mm_storeu_si128(tmp.as_mut_ptr().cast(), bytes);
-                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), out, t.lanes);
+                    let w0 = _mm256_loadu_ps(w);
+                    let w1 = _mm256_loadu_ps(w.add(8));
+                    w = w.add(PANEL);
+                    macro_rules! step {
+                        ($i:tt, $a:ident, $b:ident, $q:ident) => {
+                            let x = _mm256_broadcast_ss(&*$q.add(k));
+                            $a = _mm256_fmadd_ps(x, w0, $a);
+                            $b = _mm256_fmadd_ps(x, w1, $b);
+                        };
+                    }
+                    step!(0, a0, b0, q0);
+                    step!(1, a1, b1, q1);
+                    step!(2, a2, b2, q2);
+                    step!(3, a3, b3, q3);
+                    step!(4, a4, b4, q4);
+                    step!(5, a5, b5, q5);
+                }
+            }
+            // SAFETY: the bias array holds 16 values.
+            let (bias0, bias1) = unsafe { (_mm256_loadu_ps(t.bias.as_ptr()), _mm256_loadu_ps(t.bias.as_ptr().add(8))) };
+            let accs = [a0, b0, a1, b1, a2, b2, a3, b3, a4, b4, a5, b5];
+            let mut ys = [_mm256_setzero_ps(); 2 * MR];
+            for (k, (y, a)) in ys.iter_mut().zip(accs).enumerate() {
+                *y = _mm256_add_ps(a, if k % 2 == 0 { bias0 } else { bias1 });
+            }
+            act_block(t.act, &mut ys);
+            for (y, out) in ys.chunks_exact(2).zip(t.output).take(t.pixels) {
+                if let [lo, hi] = *y {
+                    // SAFETY: `lanes` writable values at each valid pixel's output.
+                    unsafe { store_f32(out, lo, hi, t.lanes) };
                 }
             }
         }
-    }
+
+        /// The f32 tile for tiles of at most 8 lanes (a layer's last panel): one
+        /// accumulator per pixel.
+        ///
+        /// # Safety
+        /// See [`Kernels::conv_f32`] with `lanes <= 8`; the CPU must have the function's features.
+        #[target_feature(enable = $features)]
+        unsafe fn $half(t: &ConvTileF32<'_>) {
+            let z = _mm256_setzero_ps();
+            let (mut a0, mut a1, mut a2, mut a3, mut a4, mut a5) = (z, z, z, z, z, z);
+            let [q0, q1, q2, q3, q4, q5] = t.input;
+            let mut w = t.weights;
+            for &k in t.koffs {
+                // SAFETY: as in the full build (the same panel, of which lanes 0..8 are read).
+                unsafe {
+                    let w0 = _mm256_loadu_ps(w);
+                    w = w.add(PANEL);
+                    a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(&*q0.add(k)), w0, a0);
+                    a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(&*q1.add(k)), w0, a1);
+                    a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(&*q2.add(k)), w0, a2);
+                    a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(&*q3.add(k)), w0, a3);
+                    a4 = _mm256_fmadd_ps(_mm256_broadcast_ss(&*q4.add(k)), w0, a4);
+                    a5 = _mm256_fmadd_ps(_mm256_broadcast_ss(&*q5.add(k)), w0, a5);
+                }
+            }
+            // SAFETY: the bias array holds 16 values.
+            let bias0 = unsafe { _mm256_loadu_ps(t.bias.as_ptr()) };
+            let mut ys = [_mm256_setzero_ps(); 2 * MR];
+            for (y, a) in ys.iter_mut().step_by(2).zip([a0, a1, a2, a3, a4, a5]) {
+                *y = _mm256_add_ps(a, bias0);
+            }
+            act_block(t.act, &mut ys);
+            for (y, out) in ys.iter().step_by(2).zip(t.output).take(t.pixels) {
+                // SAFETY: `lanes` (<= 8) writable values at each valid pixel's output.
+                unsafe { store_f32(out, *y, _mm256_setzero_ps(), t.lanes) };
+            }
+        }
+    };
+}
+
+conv_f32_tile!(conv_f32_avx2, conv_f32_avx2_half, "avx2,fma");
+conv_f32_tile!(conv_f32_avx512, conv_f32_avx512_half, "avx2,fma,avx512f,avx512vl");
+
+/// The int8 epilogue's store for one pixel of activated values: as codes or as real
+/// values. A macro so
+/// that it is always inlined into the tile (as a function it is not: the call passes
+/// the vectors through memory and costs more than the work).
+///
+/// Safety: `t.lanes` values must be writable at pixel `$i`'s output.
+macro_rules! finish_u8 {
+    ($t:expr, $i:expr, $y0:expr, $y1:expr) => {{
+        let t: &ConvTileU8<'_> = $t;
+        let (y0, y1) = ($y0, $y1);
+        match t.store {
+            StoreU8::Real { output } => {
+                if let Some(&out) = output.get($i) {
+                    // SAFETY: the macro's contract.
+                    unsafe { store_f32(out, y0, y1, t.lanes) };
+                }
+            }
+            StoreU8::Codes { output, inv_scale, zero_point } => {
+                if let Some(&out) = output.get($i) {
+                    let (inv, zp) = (_mm256_set1_ps(inv_scale), _mm256_set1_ps(zero_point));
+                    // code(v) = (clamp(v, 0, 255) + 0.5) truncated; v = y * inv + zp.
+                    let code = |y: __m256| {
+                        let v = _mm256_add_ps(_mm256_mul_ps(y, inv), zp);
+                        let v = _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(255.0));
+                        _mm256_cvttps_epi32(_mm256_add_ps(v, _mm256_set1_ps(0.5)))
+                    };
+                    let words = _mm256_packus_epi32(code(y0), code(y1));
+                    let words = _mm256_permute4x64_epi64::<0b11_01_10_00>(words);
+                    let bytes = _mm_packus_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256::<1>(words));
+                    // SAFETY: `lanes` writable bytes at `out` (the macro's contract).
+                    unsafe { store_bytes(out, bytes, t.lanes) };
+                }
+            }
+        }
+    }};
 }
 
 /// The requantization constants of a tile, as vectors.
@@ -284,11 +408,17 @@ macro_rules! conv_u8_tile {
                     a5 = $mac(a5, x(q5), w0);
                 }
             }
-            let m = epilogue_constants(t);
-            for (i, a) in [a0, a1, a2, a3, a4, a5].into_iter().enumerate().take(t.pixels) {
-                // SAFETY: `lanes` (<= 8) writable values at each valid pixel's output.
-                unsafe { finish_u8(t, i, a, z, m) };
+            let [m0, _, o0, _] = epilogue_constants(t);
+            let mut ys = [_mm256_setzero_ps(); 2 * MR];
+            for (y, a) in ys.iter_mut().step_by(2).zip([a0, a1, a2, a3, a4, a5]) {
+                *y = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a), m0), o0);
             }
+            act_block(t.act, &mut ys);
+            for (i, y) in ys.iter().step_by(2).enumerate().take(t.pixels) {
+                // Safety: `lanes` (<= 8) writable values at each valid pixel's output.
+                finish_u8!(t, i, *y, _mm256_setzero_ps());
+            }
+            let _ = z;
         }
 
         /// # Safety
@@ -327,21 +457,20 @@ macro_rules! conv_u8_tile {
                     step!(5, a5, b5, q5);
                 }
             }
-            let m = epilogue_constants(t);
-            macro_rules! store {
-                ($i:tt, $a:ident, $b:ident, $q:ident) => {
-                    if $i < t.pixels {
-                        // SAFETY: `lanes` writable values at each valid pixel's output.
-                        unsafe { finish_u8(t, $i, $a, $b, m) };
-                    }
-                };
+            let [m0, m1, o0, o1] = epilogue_constants(t);
+            let accs = [a0, b0, a1, b1, a2, b2, a3, b3, a4, b4, a5, b5];
+            let mut ys = [_mm256_setzero_ps(); 2 * MR];
+            for (k, (y, a)) in ys.iter_mut().zip(accs).enumerate() {
+                let (m, o) = if k % 2 == 0 { (m0, o0) } else { (m1, o1) };
+                *y = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a), m), o);
             }
-            store!(0, a0, b0, q0);
-            store!(1, a1, b1, q1);
-            store!(2, a2, b2, q2);
-            store!(3, a3, b3, q3);
-            store!(4, a4, b4, q4);
-            store!(5, a5, b5, q5);
+            act_block(t.act, &mut ys);
+            for (i, y) in ys.chunks_exact(2).enumerate().take(t.pixels) {
+                if let [y0, y1] = *y {
+                    // Safety: `lanes` writable values at each valid pixel's output.
+                    finish_u8!(t, i, y0, y1);
+                }
+            }
         }
     };
 }

@@ -8,7 +8,8 @@ use crate::artifact::layers::FloatLayer;
 use crate::artifact::validate::Shape;
 use crate::artifact::{Activation, QuantParams};
 use crate::backend::cpu::{CpuBuild, CpuOp, Elem, Io, ValueLayout};
-use crate::kernels::act::{activate, code, gelu};
+use crate::kernels::act::activate;
+use crate::kernels::{AddU8, Kernels};
 use crate::{Error, Result};
 
 /// Elementwise sum of two values.
@@ -47,7 +48,13 @@ impl OpSpec for Add {
             Some(o) => Some((b.input_quant(0)?, b.input_quant(1)?, o)),
             None => None,
         };
-        Ok(Box::new(Cpu { inputs: [b.input(0)?, b.input(1)?], output: b.output, act: self.act, quant }))
+        Ok(Box::new(Cpu {
+            inputs: [b.input(0)?, b.input(1)?],
+            output: b.output,
+            act: self.act,
+            quant,
+            kernels: b.kernels,
+        }))
     }
 
     #[cfg(feature = "candle")]
@@ -66,6 +73,7 @@ struct Cpu {
     output: ValueLayout,
     act: Activation,
     quant: Option<(QuantParams, QuantParams, QuantParams)>,
+    kernels: &'static Kernels,
 }
 
 impl CpuOp for Cpu {
@@ -85,23 +93,7 @@ impl CpuOp for Cpu {
                     // SAFETY: this unit's own output row; units are rows, one thread each.
                     let (a, b, out) =
                         (rows::px(a, ra, len)?, rows::px(b, rb, len)?, unsafe { rows::out_u8(io, n, y)? });
-                    let (za, zb) = (f32::from(qa.zero_point), f32::from(qb.zero_point));
-                    let (inv, zo) = (1.0 / qo.scale, f32::from(qo.zero_point));
-                    let sum = |x: u8, z: u8| qa.scale * (f32::from(x) - za) + qb.scale * (f32::from(z) - zb);
-                    // One loop per activation (no match per element), so each vectorizes.
-                    match self.act {
-                        Activation::None => {
-                            out.iter_mut().zip(a).zip(b).for_each(|((o, &x), &z)| *o = code(sum(x, z) * inv + zo))
-                        }
-                        Activation::Relu => out
-                            .iter_mut()
-                            .zip(a)
-                            .zip(b)
-                            .for_each(|((o, &x), &z)| *o = code(sum(x, z).max(0.0) * inv + zo)),
-                        Activation::Gelu => {
-                            out.iter_mut().zip(a).zip(b).for_each(|((o, &x), &z)| *o = code(gelu(sum(x, z)) * inv + zo))
-                        }
-                    }
+                    self.kernels.add_u8(&mut AddU8 { a, b, out, quant: [qa, qb, qo], act: self.act });
                 }
                 _ => {
                     let (a, b) = (io.input_f32(0)?, io.input_f32(1)?);

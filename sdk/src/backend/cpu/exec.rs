@@ -98,9 +98,10 @@ pub(crate) fn run_chunk(
         let units = op.units(images);
         match pool {
             Some(p) if p.threads() > 1 && units > 1 => {
-                // Ranges of about an eighth of a thread's share: a thread that starts late
-                // or is preempted leaves its part to the others.
-                let grain = units.div_ceil(p.threads() * 8);
+                // Ranges of about a quarter of a thread's share: a thread that starts late
+                // or is preempted leaves its part to the others, and few claims keep the
+                // shared counter cheap.
+                let grain = units.div_ceil(p.threads() * 4);
                 p.run(units, grain, &|_, r| op.run(&io, r))?
             }
             _ => op.run(&io, 0..units)?,

@@ -14,7 +14,7 @@ use crate::{Error, Result};
 /// Bytes of activations a chunk of images should keep alive at once: about what the
 /// L2 caches of the CPUs we measure on hold, so a chunk's values stay in cache from one
 /// layer to the next.
-const CHUNK_BYTES: usize = 1 << 20;
+const CHUNK_BYTES: usize = 512 << 10;
 
 /// The most activation memory a session takes (a hostile graph could ask for any
 /// amount; real models need a few megabytes).
@@ -56,6 +56,51 @@ struct CpuRunner {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Writes `n` images of `input` (shape `[c, h, w]`) into `dst` in layout `l`, row by
+/// row: normalized values through `from_f32(channel, value)`, RGB8 bytes through
+/// `from_byte(channel, byte)`.
+fn load_rows<T: Copy>(
+    dst: &mut [T],
+    l: &ValueLayout,
+    n: usize,
+    [c, h, w]: [usize; 3],
+    input: Input<'_>,
+    from_f32: impl Fn(usize, f32) -> T,
+    from_byte: impl Fn(usize, u8) -> T,
+) -> Result<()> {
+    let short = || Error::Internal("input or its region too small".into());
+    let cs = l.cs.max(1);
+    for b in 0..n {
+        for y in 0..h {
+            let start = b * l.image_len() + l.at(y, 0);
+            let row = dst.get_mut(start..start + w * cs).ok_or_else(short)?;
+            match input {
+                Input::Nchw(v) => {
+                    for ch in 0..c {
+                        let at = ((b * c + ch) * h + y) * w;
+                        let src = v.get(at..at + w).ok_or_else(short)?;
+                        for (px, &s) in row.chunks_exact_mut(cs).zip(src) {
+                            if let Some(d) = px.get_mut(ch) {
+                                *d = from_f32(ch, s);
+                            }
+                        }
+                    }
+                }
+                Input::Rgb8(v) => {
+                    let at = (b * h + y) * w * 3;
+                    let src = v.get(at..at + w * 3).ok_or_else(short)?;
+                    for (px, s) in row.chunks_exact_mut(cs).zip(src.chunks_exact(3)) {
+                        for (ch, (d, &byte)) in px.iter_mut().zip(s).enumerate() {
+                            *d = from_byte(ch, byte);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Images per chunk: as many as fit [`CHUNK_BYTES`] (at least one, at most `max_batch`).
@@ -114,49 +159,30 @@ impl CpuRunner {
             Elem::F32 => {
                 let dst: &mut [f32] = bytemuck::try_cast_slice_mut(region).map_err(|_| short())?;
                 dst.fill(0.0);
-                for b in 0..n {
-                    for y in 0..h {
-                        for x in 0..w {
-                            let at = b * l.image_len() + l.at(y, x);
-                            let px = dst.get_mut(at..at + c).ok_or_else(short)?;
-                            for (ch, d) in px.iter_mut().enumerate() {
-                                *d = match input {
-                                    Input::Nchw(v) => v.get(((b * c + ch) * h + y) * w + x).copied().unwrap_or(0.0),
-                                    Input::Rgb8(v) => {
-                                        let byte = v.get(((b * h + y) * w + x) * 3 + ch).copied().unwrap_or(0);
-                                        pixel_f32.get(ch).and_then(|t| t.get(usize::from(byte))).copied().unwrap_or(0.0)
-                                    }
-                                };
-                            }
-                        }
-                    }
-                }
+                load_rows(
+                    dst,
+                    &l,
+                    n,
+                    [c, h, w],
+                    input,
+                    |_, v| v,
+                    |ch, byte| pixel_f32.get(ch).and_then(|t| t.get(usize::from(byte))).copied().unwrap_or(0.0),
+                )
             }
             Elem::U8 => {
                 let q = iq.ok_or_else(|| Error::Internal("int8 model without input quantization".into()))?;
                 region.fill(l.zero_code);
-                for b in 0..n {
-                    for y in 0..h {
-                        for x in 0..w {
-                            let at = b * l.image_len() + l.at(y, x);
-                            let px = region.get_mut(at..at + c).ok_or_else(short)?;
-                            for (ch, d) in px.iter_mut().enumerate() {
-                                *d = match input {
-                                    Input::Nchw(v) => {
-                                        q.quantize(v.get(((b * c + ch) * h + y) * w + x).copied().unwrap_or(0.0))
-                                    }
-                                    Input::Rgb8(v) => {
-                                        let byte = v.get(((b * h + y) * w + x) * 3 + ch).copied().unwrap_or(0);
-                                        pixel_u8.get(ch).and_then(|t| t.get(usize::from(byte))).copied().unwrap_or(0)
-                                    }
-                                };
-                            }
-                        }
-                    }
-                }
+                load_rows(
+                    region,
+                    &l,
+                    n,
+                    [c, h, w],
+                    input,
+                    |_, v| q.quantize(v),
+                    |ch, byte| pixel_u8.get(ch).and_then(|t| t.get(usize::from(byte))).copied().unwrap_or(0),
+                )
             }
         }
-        Ok(())
     }
 
     /// Copies the logits of `n` images from the output value in `arena` into `out`.
