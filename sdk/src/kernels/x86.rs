@@ -183,7 +183,7 @@ fn lane_mask(n: usize) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn store_f32(out: *mut f32, lo: __m256, hi: __m256, lanes: usize) {
-    // SAFETY (all stores below): `lanes` writable values at `out` (the caller's
+    // SAFETY: (all stores below) `lanes` writable values at `out` (the caller's
     // contract); masked stores write only the lanes below the count.
     unsafe {
         if lanes >= PANEL {
@@ -206,7 +206,7 @@ unsafe fn store_f32(out: *mut f32, lo: __m256, hi: __m256, lanes: usize) {
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn store_bytes(out: *mut u8, bytes: __m128i, lanes: usize) {
-    // SAFETY (all stores below): each writes bytes below `lanes` only.
+    // SAFETY: (all stores below) each writes bytes below `lanes` only.
     unsafe {
         if lanes >= PANEL {
             _mm_storeu_si128(out.cast(), bytes);
