@@ -27,13 +27,9 @@ fn any_thread_count_gives_the_same_logits() {
                 assert_eq!(s.threads(), threads);
                 let got = s.logits_rgb8(&px[..batch * 3072], batch).unwrap();
                 let want = &one[..batch * CLASSES];
-                if precision == "int8" {
-                    assert_eq!(got, want, "int8, {threads} threads, batch {batch}: not bit-identical");
-                } else {
-                    for (a, b) in got.iter().zip(want) {
-                        assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "f32, {threads} threads: {a} vs {b}");
-                    }
-                }
+                // Bit for bit, f32 too (the issue asked for 1e-6): every pixel is computed
+                // the same way whichever thread or chunk holds it.
+                assert_eq!(got, want, "{precision}, {threads} threads, batch {batch}: not bit-identical");
             }
         }
     }

@@ -30,7 +30,10 @@ pub fn available() -> Vec<&'static Kernels> {
     let mut v = Vec::new();
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         v.push(&AVX2);
-        if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+        {
             v.push(&AVX512_VNNI);
         }
     }
@@ -79,7 +82,7 @@ fn act8(act: Activation, x: __m256) -> __m256 {
 /// chain leaves the core waiting).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn act_block(act: Activation, ys: &mut [__m256; 2 * MR]) {
+fn act_block(act: Activation, ys: &mut [__m256]) {
     match act {
         Activation::None => {}
         Activation::Relu => ys.iter_mut().for_each(|y| *y = _mm256_max_ps(*y, _mm256_setzero_ps())),
@@ -316,12 +319,9 @@ macro_rules! conv_f32_tile {
             }
             // SAFETY: the bias array holds 16 values.
             let bias0 = unsafe { _mm256_loadu_ps(t.bias.as_ptr()) };
-            let mut ys = [_mm256_setzero_ps(); 2 * MR];
-            for (y, a) in ys.iter_mut().step_by(2).zip([a0, a1, a2, a3, a4, a5]) {
-                *y = _mm256_add_ps(a, bias0);
-            }
+            let mut ys = [a0, a1, a2, a3, a4, a5].map(|a| _mm256_add_ps(a, bias0));
             act_block(t.act, &mut ys);
-            for (y, out) in ys.iter().step_by(2).zip(t.output).take(t.pixels) {
+            for (y, out) in ys.iter().zip(t.output).take(t.pixels) {
                 // SAFETY: `lanes` (<= 8) writable values at each valid pixel's output.
                 unsafe { store_f32(out, *y, _mm256_setzero_ps(), t.lanes) };
             }
@@ -409,12 +409,9 @@ macro_rules! conv_u8_tile {
                 }
             }
             let [m0, _, o0, _] = epilogue_constants(t);
-            let mut ys = [_mm256_setzero_ps(); 2 * MR];
-            for (y, a) in ys.iter_mut().step_by(2).zip([a0, a1, a2, a3, a4, a5]) {
-                *y = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a), m0), o0);
-            }
+            let mut ys = [a0, a1, a2, a3, a4, a5].map(|a| _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a), m0), o0));
             act_block(t.act, &mut ys);
-            for (i, y) in ys.iter().step_by(2).enumerate().take(t.pixels) {
+            for (i, y) in ys.iter().enumerate().take(t.pixels) {
                 // Safety: `lanes` (<= 8) writable values at each valid pixel's output.
                 finish_u8!(t, i, *y, _mm256_setzero_ps());
             }

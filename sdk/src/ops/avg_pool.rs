@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{first, rows, window, OpSpec};
+use super::{pool_reference, pool_shape, rows, OpSpec};
 use crate::artifact::layers::FloatLayer;
 use crate::artifact::validate::Shape;
 use crate::artifact::{Activation, QuantParams};
@@ -29,10 +29,7 @@ pub struct AvgPool {
 
 impl OpSpec for AvgPool {
     fn output_shape(&self, node: &str, inputs: &[Shape]) -> Result<Shape> {
-        let [c, h, w] = first(inputs);
-        let oh = window(node, h, self.kernel[0], self.stride[0], self.padding[0])?;
-        let ow = window(node, w, self.kernel[1], self.stride[1], self.padding[1])?;
-        Ok([c, oh, ow])
+        pool_shape(node, inputs, self.kernel, self.stride, self.padding)
     }
 
     fn act(&self) -> Activation {
@@ -40,29 +37,7 @@ impl OpSpec for AvgPool {
     }
 
     fn reference(&self, inputs: &[(&[f32], Shape)], _: Option<&FloatLayer>, out: Shape) -> Vec<f32> {
-        let (x, s) = inputs.first().copied().unwrap_or((&[], [0; 3]));
-        let [c, oh, ow] = out;
-        let mut y = Vec::with_capacity(c * oh * ow);
-        for ch in 0..c {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0);
-                    for ky in 0..self.kernel[0] {
-                        for kx in 0..self.kernel[1] {
-                            let iy = (oy * self.stride[0] + ky) as isize - self.padding[0] as isize;
-                            let ix = (ox * self.stride[1] + kx) as isize - self.padding[1] as isize;
-                            if let Some(v) = super::nchw(x, s, ch, iy, ix) {
-                                max = max.max(v);
-                                sum += v;
-                            }
-                        }
-                    }
-                    let v = if false { max } else { sum / (self.kernel[0] * self.kernel[1]) as f32 };
-                    y.push(activate(self.act, v));
-                }
-            }
-        }
-        y
+        pool_reference(inputs, out, self.kernel, self.stride, self.padding, self.act, false)
     }
 
     fn cpu(&self, b: &CpuBuild<'_>) -> Result<Box<dyn CpuOp>> {

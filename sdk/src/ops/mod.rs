@@ -71,6 +71,55 @@ pub(crate) fn window(node: &str, size: usize, k: usize, s: usize, p: usize) -> R
     Ok((padded - k) / s + 1)
 }
 
+/// The output shape of a pooling window over the first input.
+fn pool_shape(
+    node: &str,
+    inputs: &[Shape],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+) -> Result<Shape> {
+    let [c, h, w] = first(inputs);
+    Ok([c, window(node, h, kernel[0], stride[0], padding[0])?, window(node, w, kernel[1], stride[1], padding[1])?])
+}
+
+/// The reference of max (`max = true`) or average pooling (padded cells count as 0, and
+/// are skipped by the max), then `act`.
+#[allow(clippy::too_many_arguments)]
+fn pool_reference(
+    inputs: &[(&[f32], Shape)],
+    out: Shape,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    act: Activation,
+    max: bool,
+) -> Vec<f32> {
+    let (x, s) = inputs.first().copied().unwrap_or((&[], [0; 3]));
+    let [c, oh, ow] = out;
+    let mut y = Vec::with_capacity(c * oh * ow);
+    for ch in 0..c {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0);
+                for ky in 0..kernel[0] {
+                    for kx in 0..kernel[1] {
+                        let iy = (oy * stride[0] + ky) as isize - padding[0] as isize;
+                        let ix = (ox * stride[1] + kx) as isize - padding[1] as isize;
+                        if let Some(v) = nchw(x, s, ch, iy, ix) {
+                            m = m.max(v);
+                            sum += v;
+                        }
+                    }
+                }
+                let v = if max { m } else { sum / (kernel[0] * kernel[1]) as f32 };
+                y.push(crate::kernels::act::activate(act, v));
+            }
+        }
+    }
+    y
+}
+
 /// The first input's shape.
 fn first(inputs: &[Shape]) -> Shape {
     inputs.first().copied().unwrap_or([0; 3])

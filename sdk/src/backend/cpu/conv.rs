@@ -207,11 +207,16 @@ impl CpuOp for Conv {
 
     fn run(&self, io: &Io<'_>, units: Range<usize>) -> Result<()> {
         self.check_io(io)?;
+        if units.end > self.units(io.images) {
+            return Err(Error::Internal(format!("{}: units {units:?} of {}", self.name, self.units(io.images))));
+        }
         let tiles = self.tiles(io.images).max(1);
         let (panels, plane) = (self.shape.panels().max(1), self.in_pix.len().max(1));
         let (cg, og) = (self.shape.cin_g(), self.shape.out_g());
         let (out_ptr, _) = io.output_ptr();
-        let weights = io.file.get(self.weight.clone()).unwrap_or(&[]);
+        let weights =
+            io.file.get(self.weight.clone()).ok_or_else(|| Error::Internal("weights outside the file".into()))?;
+        let no_panel = || Error::Internal(format!("{}: a weight panel outside the layer", self.name));
         let zero = [0f32; PANEL];
         // One (group, panel) at a time: its weights stay in cache across its tiles.
         let mut u = units.start;
@@ -228,7 +233,7 @@ impl CpuOp for Conv {
                 Epilogue::F32 { bias } => {
                     let x = io.input_f32(0)?;
                     let w: &[f32] = bytemuck::try_cast_slice(weights).map_err(|_| Error::Internal("weights".into()))?;
-                    let w = w.get(gp * self.panel_len..(gp + 1) * self.panel_len).unwrap_or(&[]);
+                    let w = w.get(gp * self.panel_len..(gp + 1) * self.panel_len).ok_or_else(no_panel)?;
                     let bias = bias.get(gp).unwrap_or(&zero);
                     for _ in u..last {
                         let (ins, outs, valid) = self.tile_pixels(at, io.images);
@@ -257,7 +262,7 @@ impl CpuOp for Conv {
                 Epilogue::U8 { mult, offset, out } => {
                     let x = io.input_u8(0)?;
                     let w: &[i8] = bytemuck::cast_slice(weights);
-                    let w = w.get(gp * self.panel_len..(gp + 1) * self.panel_len).unwrap_or(&[]);
+                    let w = w.get(gp * self.panel_len..(gp + 1) * self.panel_len).ok_or_else(no_panel)?;
                     let (mult, offset) = (mult.get(gp).unwrap_or(&zero), offset.get(gp).unwrap_or(&zero));
                     for _ in u..last {
                         let (ins, outs, valid) = self.tile_pixels(at, io.images);

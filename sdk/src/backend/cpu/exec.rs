@@ -1,7 +1,7 @@
 //! Runs a program over one chunk of images: for each node, fill its output's border,
 //! then its units, shared out among the session's threads. Every unit computes its
 //! outputs the same way whichever thread runs it, so results do not depend on the
-//! thread count (int8 and f32 alike, bit for bit).
+//! thread count (int8 and f32 alike, bit for bit: `sdk/tests/threads.rs`).
 
 use super::plan::Plan;
 use super::threads::Pool;
@@ -89,7 +89,11 @@ pub(crate) fn run_chunk(
 ) -> Result<()> {
     let base = arena_ptr(arena);
     for &i in &program.order {
-        let op = program.ops.get(i).ok_or_else(|| Error::Internal(format!("node {i} has no op")))?;
+        let op = program
+            .ops
+            .get(i)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| Error::Internal(format!("node {i} has no op")))?;
         let ins = program.inputs.get(i).map(Vec::as_slice).unwrap_or(&[]);
         let input = |k: usize| ins.get(k).map(|&v| value(program, plan, base, v, images)).transpose();
         let io =
@@ -104,7 +108,8 @@ pub(crate) fn run_chunk(
                 let grain = units.div_ceil(p.threads() * 4);
                 p.run(units, grain, &|_, r| op.run(&io, r))?
             }
-            _ => op.run(&io, 0..units)?,
+            // Panics become errors on this path too.
+            _ => super::threads::call(&|_, r| op.run(&io, r), 0, 0..units)?,
         }
         observe(i, &io)?;
     }

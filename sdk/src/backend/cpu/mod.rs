@@ -111,8 +111,9 @@ impl<'a> Io<'a> {
             return Err(Error::Internal(format!("op input {k} is not an f32 value")));
         }
         // SAFETY: the arena range [ptr, ptr + bytes) is initialized, aligned for f32 (the
-        // arena is u64 words and offsets are multiples of 64), not written during this
-        // step (see the `Sync` impl), and borrowed for the run.
+        // arena is u64 words and value offsets are multiples of 64 bytes from its start;
+        // checked above), not written during this step (see the `Sync` impl), and
+        // borrowed for the run.
         Ok(unsafe { std::slice::from_raw_parts(v.ptr.cast::<f32>(), v.bytes / 4) })
     }
 
@@ -179,9 +180,9 @@ pub(crate) struct CpuBuild<'a> {
     pub node: &'a Node,
     pub inputs: Vec<ValueLayout>,
     pub output: ValueLayout,
-    /// int8 graphs: the encodings of the inputs and the output (`None` for an f32
-    /// output: the logits of a final layer).
-    pub in_quant: Vec<QuantParams>,
+    /// int8 graphs: the encodings of the inputs (`None` for an f32 value) and the output
+    /// (`None` for an f32 output: the logits of a final layer).
+    pub in_quant: Vec<Option<QuantParams>>,
     pub out_quant: Option<QuantParams>,
     pub kernels: &'static Kernels,
 }
@@ -193,10 +194,10 @@ impl CpuBuild<'_> {
     }
     /// Input `k`'s encoding (int8 graphs).
     pub fn input_quant(&self, k: usize) -> Result<QuantParams> {
-        self.in_quant
-            .get(k)
-            .copied()
-            .ok_or_else(|| Error::Internal(format!("{}: input {k} has no encoding", self.node.name)))
+        self.in_quant.get(k).copied().flatten().ok_or_else(|| Error::Graph {
+            node: self.node.name.clone(),
+            problem: format!("input {k} has no int8 encoding (an int8 op reads an f32 value)"),
+        })
     }
 }
 
@@ -205,8 +206,8 @@ impl CpuBuild<'_> {
 pub(crate) struct Program {
     /// Value layouts: 0 is the input, `i + 1` node `i`'s output.
     pub layouts: Vec<ValueLayout>,
-    /// One op per node.
-    pub ops: Vec<Box<dyn CpuOp>>,
+    /// One op per node the output needs (`None` for the others).
+    pub ops: Vec<Option<Box<dyn CpuOp>>>,
     /// Value indices each node reads.
     pub inputs: Vec<Vec<usize>>,
     /// The nodes the output needs, in order.
@@ -264,9 +265,13 @@ impl Program {
                 }
             }
         }
-        let order = (0..g.nodes.len()).filter(|i| needed.get(i + 1).copied().unwrap_or(false)).collect();
+        let order: Vec<usize> = (0..g.nodes.len()).filter(|i| needed.get(i + 1).copied().unwrap_or(false)).collect();
         let mut ops = Vec::with_capacity(g.nodes.len());
         for (i, (node, ni)) in g.nodes.iter().zip(&info.nodes).enumerate() {
+            if !needed.get(i + 1).copied().unwrap_or(false) {
+                ops.push(None); // the output does not depend on it: never built, never run
+                continue;
+            }
             let missing = || Error::Internal(format!("{}: a value has no layout", node.name));
             let b = CpuBuild {
                 artifact: a,
@@ -277,11 +282,11 @@ impl Program {
                     .map(|&v| layouts.get(v).copied().ok_or_else(missing))
                     .collect::<Result<_>>()?,
                 output: layouts.get(i + 1).copied().ok_or_else(missing)?,
-                in_quant: if int8 { ni.inputs.iter().filter_map(|&v| quant_of(v)).collect() } else { Vec::new() },
+                in_quant: if int8 { ni.inputs.iter().map(|&v| quant_of(v)).collect() } else { Vec::new() },
                 out_quant: node.quant,
                 kernels,
             };
-            ops.push(node.op.spec().cpu(&b)?);
+            ops.push(Some(node.op.spec().cpu(&b)?));
         }
         let inputs = info.nodes.iter().map(|n| n.inputs.clone()).collect();
         Ok(Self { layouts, ops, inputs, order, output: info.output })

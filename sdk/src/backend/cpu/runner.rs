@@ -122,10 +122,11 @@ impl CpuRunner {
         };
         let pool = if threads > 1 { Some(Pool::new(threads)?) } else { None };
         let plan = Plan::new(&program, chunk_images(&program, opts.max_batch)?)?;
-        if plan.arena_bytes > MAX_ARENA_BYTES {
+        let total = plan.arena_bytes.saturating_mul(threads);
+        if total > MAX_ARENA_BYTES {
             return Err(Error::Options(format!(
-                "a session of this model needs {} MB of activations for one image, more than the {} MB allowed",
-                plan.arena_bytes >> 20,
+                "a session of this model with {threads} thread(s) needs {} MB of activations, more than the {} MB allowed",
+                total >> 20,
                 MAX_ARENA_BYTES >> 20
             )));
         }

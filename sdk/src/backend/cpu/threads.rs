@@ -50,6 +50,8 @@ struct Shared {
     /// The first error of the current job (`failed` says whether there is one).
     failed: AtomicBool,
     error: Mutex<Option<Error>>,
+    /// A job is running (a second `run` at the same time is refused).
+    busy: AtomicBool,
     /// The thread waiting in `run`, woken when the last unit is done.
     caller: Mutex<Option<Thread>>,
     shutdown: AtomicBool,
@@ -89,11 +91,11 @@ fn wait(done: impl Fn() -> bool) {
 }
 
 /// Runs `job` on `units`, turning a panic into an error.
-fn call(job: Job<'_>, thread: usize, units: Range<usize>) -> Result<()> {
-    let what = format!("units {units:?}");
+pub(crate) fn call(job: Job<'_>, thread: usize, units: Range<usize>) -> Result<()> {
+    let (start, end) = (units.start, units.end);
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(thread, units))) {
         Ok(r) => r,
-        Err(_) => Err(Error::Internal(format!("a thread panicked running {what}"))),
+        Err(_) => Err(Error::Internal(format!("a thread panicked running units {start}..{end}"))),
     }
 }
 
@@ -104,6 +106,12 @@ impl Shared {
         let (units, grain) = (self.units.load(Ordering::Acquire), self.grain.load(Ordering::Acquire).max(1));
         let mut mine = 0;
         loop {
+            if self.failed.load(Ordering::Acquire) {
+                // Units left unclaimed after an error are skipped, not run.
+                let left = units.saturating_sub(self.next.0.swap(units, Ordering::AcqRel));
+                mine += left;
+                break;
+            }
             let start = self.next.0.fetch_add(grain, Ordering::AcqRel);
             if start >= units {
                 break;
@@ -138,19 +146,22 @@ impl Pool {
             grain: AtomicUsize::new(1),
             failed: AtomicBool::new(false),
             error: Mutex::new(None),
+            busy: AtomicBool::new(false),
             caller: Mutex::new(None),
             shutdown: AtomicBool::new(false),
         });
-        let mut workers = Vec::new();
+        // Workers join the pool as they start, so that if one cannot be started the pool's
+        // Drop stops those already running.
+        let mut pool = Self { shared, workers: Vec::new() };
         for thread in 1..threads.max(1) {
-            let s = Arc::clone(&shared);
+            let s = Arc::clone(&pool.shared);
             let handle = std::thread::Builder::new()
                 .name(format!("cifar-sdk-{thread}"))
                 .spawn(move || worker(&s, thread))
                 .map_err(|e| Error::Options(format!("cannot start {threads} threads: {e}")))?;
-            workers.push(handle);
+            pool.workers.push(handle);
         }
-        Ok(Self { shared, workers })
+        Ok(pool)
     }
 
     /// Threads in all, the caller's included.
@@ -169,6 +180,24 @@ impl Pool {
         if self.workers.is_empty() || units <= 1 {
             return call(f, 0, 0..units);
         }
+        let s = &*self.shared;
+        if s.busy.swap(true, Ordering::AcqRel) {
+            // The pool is shared by reference (`Sync`); two jobs at once would share one
+            // set of counters. Sessions never do this; refuse rather than race.
+            return Err(Error::Internal("the thread pool was asked to run two jobs at once".into()));
+        }
+        let result = self.run_exclusive(units, grain, f);
+        s.busy.store(false, Ordering::Release);
+        result
+    }
+
+    /// [`Pool::run`] once `busy` is held.
+    fn run_exclusive(
+        &self,
+        units: usize,
+        grain: usize,
+        f: &(dyn Fn(usize, Range<usize>) -> Result<()> + Sync),
+    ) -> Result<()> {
         let s = &*self.shared;
         {
             let mut caller = lock(&s.caller);
@@ -198,7 +227,13 @@ impl Pool {
         // No worker may enter any more; wait for those inside to leave. (SeqCst on both
         // sides: a worker either sees `open` closed, or is counted in `active` here.)
         s.open.store(0, Ordering::SeqCst);
+        let mut spins = 0u32;
         while s.active.load(Ordering::SeqCst) > 0 {
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(1024) {
+                // A worker inside was preempted: let it run.
+                std::thread::yield_now();
+            }
             std::hint::spin_loop();
         }
         s.job.store(std::ptr::null_mut(), Ordering::SeqCst);
