@@ -3,7 +3,7 @@
 
 Reads a `.cifar` file (safetensors: the graph is JSON under `__metadata__`), builds the
 graph as PyTorch ops (f32 weights, or int8 files dequantized, as the SDK's GPU engine
-does), checks its logits against the SDK's on the same inputs when given them, and times
+does; weights unpacked from the file's packed layout), checks its logits against the SDK's on the same inputs when given them, and times
 batches the way `sdk-bench` does (median of timed runs after a warm-up, host input to
 host logits). Prints one JSON line per configuration.
 
@@ -42,20 +42,41 @@ def act(x, a):
     return x
 
 
+def unpack(packed, out, cin_g, kernel, groups, scale=None):
+    """A packed weight of format 2 (sdk/src/artifact/layers.rs) as `[out, cin_g, kh, kw]`:
+    f32 `[groups][panels][kh*kw*cin_g][16]`, int8 `[groups][panels][kh*kw][quads][16][4]`
+    times the per-channel `scale`."""
+    kh, kw = kernel
+    g, panels = packed.shape[0], packed.shape[1]
+    if scale is None:
+        w = packed.float().reshape(g, panels, kh * kw, cin_g, 16).permute(0, 1, 4, 3, 2)
+    else:
+        quads = packed.shape[3]
+        w = packed.float().permute(0, 1, 4, 3, 5, 2).reshape(g, panels, 16, quads * 4, kh * kw)[:, :, :, :cin_g]
+    w = w.reshape(g, panels * 16, cin_g, kh * kw)[:, : out // groups].reshape(out, cin_g, kh, kw)
+    return w if scale is None else w * scale.float().reshape(-1, 1, 1, 1)
+
+
 class Net(torch.nn.Module):
     def __init__(self, graph, tensors, device):
         super().__init__()
         self.graph = graph
-        int8 = graph["precision"] == "int8"
+        self.int8 = graph["precision"] == "int8"
+        self.tensors = tensors
+        self.device = device
         self.w = {}
-        for node in graph["nodes"]:
-            name, op = node["name"], node["op"]
-            if op["type"] not in ("conv2d", "linear"):
-                continue
-            w = tensors[f"{name}.weight"]
-            w = w.float() * tensors[f"{name}.weight_scale"].reshape(-1, 1) if int8 else w.float()
-            self.w[name] = (w.to(device), tensors[f"{name}.bias"].float().to(device))
-        self.shapes = {}
+
+    def weight(self, node, cin):
+        """The node's f32 weight `[out, cin_g, kh, kw]` and bias, unpacked on first use."""
+        name, op = node["name"], node["op"]
+        if name not in self.w:
+            groups = op.get("groups", 1)
+            out = op.get("out_channels", op.get("out_features"))
+            kernel = op.get("kernel", [1, 1])
+            scale = self.tensors[f"{name}.weight_scale"] if self.int8 else None
+            w = unpack(self.tensors[f"{name}.weight"], out, cin // groups, kernel, groups, scale)
+            self.w[name] = (w.to(self.device), self.tensors[f"{name}.bias"].float().to(self.device))
+        return self.w[name]
 
     def forward(self, x):
         values = {"input": x}
@@ -64,13 +85,11 @@ class Net(torch.nn.Module):
             x, t = ins[0], op["type"]
             a = op.get("act", "none")
             if t == "conv2d":
-                w, b = self.w[name]
-                cin = x.shape[1] // op["groups"]
-                w = w.reshape(op["out_channels"], cin, *op["kernel"])
+                w, b = self.weight(node, x.shape[1])
                 y = act(F.conv2d(x, w, b, stride=op["stride"], padding=op["padding"], groups=op["groups"]), a)
             elif t == "linear":
-                w, b = self.w[name]
-                y = act(F.linear(x.flatten(1), w, b), a)[:, :, None, None]
+                w, b = self.weight(node, x.shape[1] * x.shape[2] * x.shape[3])
+                y = act(F.linear(x.flatten(1), w.flatten(1), b), a)[:, :, None, None]
             elif t == "max_pool":
                 p = op["padding"]
                 xp = F.pad(x, (p[1], p[1], p[0], p[0]), value=-math.inf) if any(p) else x
