@@ -103,8 +103,10 @@ fn reload_every_second_under_load_loses_no_request() {
 
 #[test]
 fn sigterm_finishes_requests_in_flight() {
-    let mut server = Server::start(&fixture("models/tiny-f32.cifar"), &["--workers", "1"]);
-    let url = server.at("/v2/models/tiny-f32/infer");
+    // The configs/cpu.toml model on one worker and one thread: batches of 64 take tens of
+    // milliseconds, so all 16 requests are in the server together when SIGTERM comes.
+    let mut server = Server::start(&fixture("models/cpu-f32.cifar"), &["--workers", "1", "--threads", "1"]);
+    let url = server.at("/v2/models/cpu-f32/infer");
     let clients: Vec<_> = (0..16)
         .map(|_| {
             let url = url.clone();
