@@ -322,13 +322,16 @@ fn malformed_requests_get_4xx_and_the_server_keeps_serving() {
 
 #[test]
 fn full_queue_answers_503_with_retry_after() {
-    // One worker, a queue of one and batches of one: a burst must overflow.
-    let server =
-        Server::start(&fixture("models/tiny-f32.cifar"), &["--workers", "1", "--max-queue", "1", "--max-batch", "1"]);
+    // One worker on one thread, a queue of one and batches of one: a burst must overflow
+    // (the configs/cpu.toml model: a 64-image request takes tens of milliseconds).
+    let server = Server::start(
+        &fixture("models/cpu-f32.cifar"),
+        &["--workers", "1", "--threads", "1", "--max-queue", "1", "--max-batch", "1"],
+    );
     let px = vec![9u8; 64 * 3072];
     let handles: Vec<_> = (0..32)
         .map(|_| {
-            let url = server.at("/v2/models/tiny-f32/infer");
+            let url = server.at("/v2/models/cpu-f32/infer");
             let px = px.clone();
             std::thread::spawn(move || {
                 let (body, len) = binary_request(&px, 64, json!([]));
@@ -354,9 +357,12 @@ fn full_queue_answers_503_with_retry_after() {
 
 #[test]
 fn slow_inference_times_out_with_503() {
-    let server = Server::start(&fixture("models/tiny-f32.cifar"), &["--workers", "1", "--request-timeout-ms", "5"]);
+    let server = Server::start(
+        &fixture("models/cpu-f32.cifar"),
+        &["--workers", "1", "--threads", "1", "--request-timeout-ms", "5"],
+    );
     let (body, len) = binary_request(&vec![3u8; 1024 * 3072], 1024, json!([]));
-    let (status, v, _) = post_binary(&server, "tiny-f32", body, len);
+    let (status, v, _) = post_binary(&server, "cpu-f32", body, len);
     assert_eq!(status, 503, "{v}");
     assert!(v["error"].as_str().unwrap().contains("did not finish within 5 ms"), "{v}");
     assert!(server.metrics().contains("reason=\"timeout\""));
