@@ -81,14 +81,47 @@ pub fn code(v: f32) -> u8 {
     (unsafe { v.to_int_unchecked::<i32>() }) as u8
 }
 
-/// `lut[q] = out.quantize(act(factor * inp.dequantize(q)))`: any per-element map
-/// between two u8 encodings in one table lookup.
-pub fn requant_lut(inp: QuantParams, factor: f32, act: Activation, out: QuantParams) -> [u8; 256] {
-    let mut lut = [0u8; 256];
-    for (q, slot) in lut.iter_mut().enumerate() {
+/// `table[q] = out.quantize(act(factor * inp.dequantize(q)))`.
+fn requant_table(inp: QuantParams, factor: f32, act: Activation, out: QuantParams) -> [u8; 256] {
+    let mut table = [0u8; 256];
+    for (q, slot) in table.iter_mut().enumerate() {
         *slot = out.quantize(activate(act, factor * inp.dequantize(q as u8)));
     }
-    lut
+    table
+}
+
+/// Any per-element map between two u8 encodings, `out.quantize(act(factor *
+/// inp.dequantize(q)))`, as one table lookup per element. The int8 ops that do not
+/// multiply (pools, flatten, scale) requantize through it.
+#[derive(Debug)]
+pub struct Requant(Box<[u8; 256]>);
+
+impl Requant {
+    /// The map, or `None` where it is the identity: the codes then move as they are.
+    pub fn new(inp: QuantParams, factor: f32, act: Activation, out: QuantParams) -> Option<Self> {
+        let table = requant_table(inp, factor, act, out);
+        let identity = table.iter().enumerate().all(|(q, &v)| usize::from(v) == q);
+        (!identity).then(|| Self(Box::new(table)))
+    }
+
+    /// The code `q` maps to.
+    #[inline]
+    pub fn map(&self, q: u8) -> u8 {
+        // A u8 always indexes a 256-entry table; `get` keeps the no-indexing lint.
+        self.0.get(usize::from(q)).copied().unwrap_or(0)
+    }
+
+    /// Maps `codes` in place.
+    pub fn apply(&self, codes: &mut [u8]) {
+        codes.iter_mut().for_each(|v| *v = self.map(*v));
+    }
+}
+
+/// Maps `codes` in place where there is a map (`None`: the identity).
+pub fn requant_in_place(map: Option<&Requant>, codes: &mut [u8]) {
+    if let Some(map) = map {
+        map.apply(codes);
+    }
 }
 
 #[cfg(test)]
@@ -136,7 +169,9 @@ mod tests {
         }
         assert_eq!(q.quantize(1e9), 255);
         assert_eq!(q.quantize(-1e9), 0);
-        let identity = requant_lut(q, 1.0, Activation::None, q);
+        let identity = requant_table(q, 1.0, Activation::None, q);
         assert!(identity.iter().enumerate().all(|(i, &v)| v as usize == i));
+        assert!(Requant::new(q, 1.0, Activation::None, q).is_none());
+        assert!(Requant::new(q, 1.0, Activation::Relu, q).is_some());
     }
 }

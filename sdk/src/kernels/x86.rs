@@ -415,7 +415,6 @@ macro_rules! conv_u8_tile {
                 // Safety: `lanes` (<= 8) writable values at each valid pixel's output.
                 finish_u8!(t, i, *y, _mm256_setzero_ps());
             }
-            let _ = z;
         }
 
         /// # Safety

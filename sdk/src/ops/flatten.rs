@@ -8,7 +8,7 @@ use crate::artifact::layers::FloatLayer;
 use crate::artifact::validate::Shape;
 use crate::artifact::Activation;
 use crate::backend::cpu::{CpuBuild, CpuOp, Elem, Io, ValueLayout};
-use crate::kernels::act::requant_lut;
+use crate::kernels::act::{requant_in_place, Requant};
 use crate::Result;
 
 /// `[c, h, w] -> [c * h * w, 1, 1]`.
@@ -33,7 +33,7 @@ impl OpSpec for Flatten {
     fn cpu(&self, b: &CpuBuild<'_>) -> Result<Box<dyn CpuOp>> {
         // int8: the codes move as they are unless the output has another encoding.
         let lut = match (b.in_quant.first().copied().flatten(), b.out_quant) {
-            (Some(i), Some(o)) if i != o => Some(Box::new(requant_lut(i, 1.0, Activation::None, o))),
+            (Some(i), Some(o)) => Requant::new(i, 1.0, Activation::None, o),
             _ => None,
         };
         Ok(Box::new(Cpu { input: b.input(0)?, output: b.output, lut }))
@@ -53,7 +53,7 @@ impl OpSpec for Flatten {
 struct Cpu {
     input: ValueLayout,
     output: ValueLayout,
-    lut: Option<Box<[u8; 256]>>,
+    lut: Option<Requant>,
 }
 
 fn gather<T: Copy>(x: &[T], l: &ValueLayout, n: usize, out: &mut [T]) -> Result<()> {
@@ -84,9 +84,7 @@ impl CpuOp for Cpu {
                     // SAFETY: this unit's own output row; units are rows, one thread each.
                     let out = unsafe { rows::out_u8(io, n, 0)? };
                     gather(io.input_u8(0)?, &self.input, n, out)?;
-                    if let Some(lut) = &self.lut {
-                        out.iter_mut().for_each(|v| *v = lut.get(usize::from(*v)).copied().unwrap_or(0));
-                    }
+                    requant_in_place(self.lut.as_ref(), out);
                 }
                 // SAFETY: this unit's own output row; units are rows, one thread each.
                 Elem::F32 => gather(io.input_f32(0)?, &self.input, n, unsafe { rows::out_f32(io, n, 0)? })?,

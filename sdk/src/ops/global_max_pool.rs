@@ -9,7 +9,7 @@ use crate::artifact::layers::FloatLayer;
 use crate::artifact::validate::Shape;
 use crate::artifact::Activation;
 use crate::backend::cpu::{CpuBuild, CpuOp, Elem, Io, ValueLayout};
-use crate::kernels::act::{activate, requant_lut};
+use crate::kernels::act::{activate, requant_in_place, Requant};
 use crate::Result;
 
 /// Max over each channel's plane.
@@ -41,7 +41,7 @@ impl OpSpec for GlobalMaxPool {
     fn cpu(&self, b: &CpuBuild<'_>) -> Result<Box<dyn CpuOp>> {
         let input = b.input(0)?;
         let lut = match b.out_quant {
-            Some(o) => Some(Box::new(requant_lut(b.input_quant(0)?, 1.0, self.act, o))),
+            Some(o) => Requant::new(b.input_quant(0)?, 1.0, self.act, o),
             None => None,
         };
         let window = WindowMax { kernel: [input.h, input.w], stride: [1, 1], padding: [0, 0] };
@@ -64,7 +64,7 @@ struct Cpu {
     input: ValueLayout,
     output: ValueLayout,
     act: Activation,
-    lut: Option<Box<[u8; 256]>>,
+    lut: Option<Requant>,
 }
 
 impl CpuOp for Cpu {
@@ -86,9 +86,7 @@ impl CpuOp for Cpu {
                     // SAFETY: this unit's own output row; units are rows, one thread each.
                     let out = unsafe { rows::out_u8(io, n, 0)? };
                     self.window.row(io.input_u8(0)?, &self.input, n, 0, out)?;
-                    if let Some(lut) = &self.lut {
-                        out.iter_mut().for_each(|v| *v = lut.get(usize::from(*v)).copied().unwrap_or(0));
-                    }
+                    requant_in_place(self.lut.as_ref(), out);
                 }
             }
         }

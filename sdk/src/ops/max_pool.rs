@@ -9,7 +9,7 @@ use crate::artifact::layers::FloatLayer;
 use crate::artifact::validate::Shape;
 use crate::artifact::Activation;
 use crate::backend::cpu::{CpuBuild, CpuOp, Elem, Io, ValueLayout};
-use crate::kernels::act::requant_lut;
+use crate::kernels::act::{requant_in_place, Requant};
 use crate::kernels::Kernels;
 use crate::Result;
 
@@ -44,7 +44,7 @@ impl OpSpec for MaxPool {
 
     fn cpu(&self, b: &CpuBuild<'_>) -> Result<Box<dyn CpuOp>> {
         let lut = match b.out_quant {
-            Some(o) => Some(Box::new(requant_lut(b.input_quant(0)?, 1.0, self.act, o))),
+            Some(o) => Requant::new(b.input_quant(0)?, 1.0, self.act, o),
             None => None,
         };
         Ok(Box::new(Cpu {
@@ -139,7 +139,7 @@ struct Cpu {
     input: ValueLayout,
     output: ValueLayout,
     act: Activation,
-    lut: Option<Box<[u8; 256]>>,
+    lut: Option<Requant>,
     kernels: &'static Kernels,
 }
 
@@ -162,9 +162,7 @@ impl CpuOp for Cpu {
                     // SAFETY: this unit's own output row; units are rows, one thread each.
                     let row = unsafe { rows::out_u8(io, n, oy)? };
                     self.window.row(io.input_u8(0)?, &self.input, n, oy, row)?;
-                    if let Some(lut) = &self.lut {
-                        row.iter_mut().for_each(|v| *v = lut.get(usize::from(*v)).copied().unwrap_or(0));
-                    }
+                    requant_in_place(self.lut.as_ref(), row);
                 }
             }
         }

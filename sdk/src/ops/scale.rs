@@ -8,7 +8,7 @@ use crate::artifact::layers::FloatLayer;
 use crate::artifact::validate::Shape;
 use crate::artifact::Activation;
 use crate::backend::cpu::{CpuBuild, CpuOp, Elem, Io, ValueLayout};
-use crate::kernels::act::{activate, requant_lut};
+use crate::kernels::act::{activate, Requant};
 use crate::{Error, Result};
 
 /// Multiplication by a constant.
@@ -40,7 +40,7 @@ impl OpSpec for Scale {
 
     fn cpu(&self, b: &CpuBuild<'_>) -> Result<Box<dyn CpuOp>> {
         let lut = match b.out_quant {
-            Some(o) => Some(Box::new(requant_lut(b.input_quant(0)?, self.factor, self.act, o))),
+            Some(o) => Requant::new(b.input_quant(0)?, self.factor, self.act, o),
             None => None,
         };
         Ok(Box::new(Cpu { input: b.input(0)?, output: b.output, factor: self.factor, act: self.act, lut }))
@@ -61,7 +61,7 @@ struct Cpu {
     output: ValueLayout,
     factor: f32,
     act: Activation,
-    lut: Option<Box<[u8; 256]>>,
+    lut: Option<Requant>,
 }
 
 impl CpuOp for Cpu {
@@ -78,9 +78,11 @@ impl CpuOp for Cpu {
                 Elem::U8 => {
                     // SAFETY: this unit's own output row; units are rows, one thread each.
                     let (x, out) = (rows::px(io.input_u8(0)?, at, len)?, unsafe { rows::out_u8(io, n, y)? });
-                    let lut =
-                        self.lut.as_deref().ok_or_else(|| Error::Internal("int8 scale without a table".into()))?;
-                    out.iter_mut().zip(x).for_each(|(o, &v)| *o = lut.get(usize::from(v)).copied().unwrap_or(0));
+                    match &self.lut {
+                        Some(lut) => out.iter_mut().zip(x).for_each(|(o, &v)| *o = lut.map(v)),
+                        // The identity map (a factor of 1 between equal encodings).
+                        None => out.iter_mut().zip(x).for_each(|(o, &v)| *o = v),
+                    }
                 }
                 Elem::F32 => {
                     // SAFETY: this unit's own output row; units are rows, one thread each.
