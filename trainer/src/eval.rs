@@ -97,45 +97,36 @@ pub fn report(logits: &[f32], classes: usize, labels: &[u8]) -> Report {
     Report { images: labels.len(), accuracy: correct as f64 / labels.len().max(1) as f64, per_class, confusion }
 }
 
-/// Logits `[indices.len() * classes]` of a compiled model (through the SDK), averaged
-/// over the TTA views: one session per core, each on its share of the images (the
-/// model is shared). Without TTA the images go in as RGB8 bytes, the SDK's own input
-/// path (what `trainer compile` measures); TTA views go in as normalized NCHW.
+/// Images per SDK call in [`sdk_logits`]: enough for every core to take whole batches
+/// (the SDK spreads a call over its threads), few enough to bound the input buffers.
+const SDK_CALL_IMAGES: usize = 1024;
+
+/// Logits `[indices.len() * classes]` of a compiled model (through the SDK, on the
+/// model's threads), averaged over the TTA views. Without TTA the images go in as RGB8
+/// bytes, the SDK's own input path (what `trainer compile` measures); TTA views go in as
+/// normalized NCHW.
 pub fn sdk_logits(model: &Arc<cifar_sdk::Model>, split: &Split, indices: &[u32], tta: Tta) -> Result<Vec<f32>> {
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let per = indices.len().div_ceil(workers).max(1);
     let classes = model.classes();
     let norm = model.metadata().preprocessing.normalization.affine();
     let views = tta_views(tta);
-    let parts: Vec<Result<Vec<f32>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = indices
-            .chunks(per)
-            .map(|part| {
-                let views = &views;
-                scope.spawn(move || -> Result<Vec<f32>> {
-                    let mut s = model.session()?;
-                    if tta == Tta::None {
-                        let mut pixels = Vec::with_capacity(part.len() * 3072);
-                        for &i in part {
-                            pixels.extend_from_slice(&split.images[i as usize * 3072..(i as usize + 1) * 3072]);
-                        }
-                        return Ok(s.logits_rgb8(&pixels, part.len())?);
-                    }
-                    let mut acc = vec![0f32; part.len() * classes];
-                    for &(view, weight) in views {
-                        let (x, _) = fill(split, part, |_| view, &norm);
-                        let logits = s.logits_nchw(&x, part.len())?;
-                        acc.iter_mut().zip(&logits).for_each(|(a, l)| *a += weight * l);
-                    }
-                    Ok(acc)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a worker panicked")))).collect()
-    });
+    let mut session = model.session()?;
     let mut out = Vec::with_capacity(indices.len() * classes);
-    for p in parts {
-        out.extend(p?);
+    for part in indices.chunks(SDK_CALL_IMAGES) {
+        if tta == Tta::None {
+            let mut pixels = Vec::with_capacity(part.len() * 3072);
+            for &i in part {
+                pixels.extend_from_slice(&split.images[i as usize * 3072..(i as usize + 1) * 3072]);
+            }
+            out.extend(session.logits_rgb8(&pixels, part.len())?);
+            continue;
+        }
+        let mut acc = vec![0f32; part.len() * classes];
+        for &(view, weight) in &views {
+            let (x, _) = fill(split, part, |_| view, &norm);
+            let logits = session.logits_nchw(&x, part.len())?;
+            acc.iter_mut().zip(&logits).for_each(|(a, l)| *a += weight * l);
+        }
+        out.extend(acc);
     }
     Ok(out)
 }

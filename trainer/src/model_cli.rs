@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use cifar_sdk::{DevicePolicy, Model, ModelOptions, Precision};
 use clap::ValueEnum;
 
-use crate::compile::{compile, CompileOptions};
+use crate::compile::{compile, sdk_options, CompileOptions};
 use crate::config::Tta;
 use crate::data::Dataset;
 use crate::eval;
@@ -180,8 +180,7 @@ pub fn classify_command(args: ClassifyArgs) -> Result<()> {
 /// split (or test split), computed through the SDK exactly as the file runs for its
 /// users, so it can be compared with the file's own compile-time report.
 pub fn eval_model(path: &Path, data: &Path, test: bool, tta: Tta, out: Option<&Path>) -> Result<()> {
-    let model = Model::open(path, &ModelOptions { device: DevicePolicy::Cpu, threads: 1, max_batch: 64 })
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    let model = Model::open(path, &sdk_options()).with_context(|| format!("cannot open {}", path.display()))?;
     let ds = Dataset::load(data)?;
     let classes = &ds.manifest.classes;
     if model.labels() != classes.as_slice() {

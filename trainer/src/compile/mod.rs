@@ -51,8 +51,10 @@ pub struct CompileReport {
     pub checksum: String,
 }
 
-fn sdk_options() -> ModelOptions {
-    ModelOptions { device: cifar_sdk::DevicePolicy::Cpu, threads: 1, max_batch: 64 }
+/// How the trainer opens compiled files to score them: on the CPU, one thread per core
+/// (the SDK's results do not depend on the thread count).
+pub(crate) fn sdk_options() -> ModelOptions {
+    ModelOptions { device: cifar_sdk::DevicePolicy::Cpu, threads: 0, max_batch: 64 }
 }
 
 fn accuracy(logits: &[f32], classes: usize, split: &Split, indices: &[u32]) -> f64 {
