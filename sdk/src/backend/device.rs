@@ -7,8 +7,8 @@
 //! large convolutions per batch, which cuDNN already runs near the hardware's limit; the
 //! CPU engine exists because on a CPU the libraries are far from it (BENCHMARKS.md).
 //!
-//! Weights are uploaded once, when the model is opened, straight from the memory map.
-//! int8 files are dequantized on the device (`q * scale` per output channel); their
+//! Weights are uploaded once, when the model is opened, unpacked from the memory map.
+//! int8 files are dequantized then (`q * scale` per output channel); their
 //! activations then stay in f32, so an int8 file gives the f32 answer of its quantized
 //! weights rather than the CPU int8 engine's bit-exact one. Inputs are normalized on the
 //! device too: RGB8 bytes travel, not floats.
@@ -65,25 +65,13 @@ pub(crate) fn arg<'a>(args: &[&'a Tensor], k: usize) -> candle_core::Result<&'a 
 }
 
 /// A weighted layer's weight on the device, f32 `[out, cin_g, kh, kw]` (int8 layers
-/// dequantized on the device with their per-channel scales), and its bias.
+/// dequantized with their per-channel scales by [`StoredLayer::to_float`]), and its bias.
 fn upload(b: &DeviceBuild<'_>, shape: LayerShape) -> Result<(Tensor, Tensor)> {
     let name = &b.node.name;
     let err = dev_err(name);
     let layer = StoredLayer::read(b.artifact, name, shape)?;
     let dims = (shape.out, shape.cin_g(), shape.kernel[0], shape.kernel[1]);
-    let weight = match (layer.codes(), layer.quant) {
-        (Some(codes), Some((scale, _))) => {
-            let q: &[u8] = bytemuck::cast_slice(&codes);
-            let codes = Tensor::from_slice(q, (shape.out, shape.k()), b.device).map_err(&err)?;
-            // Two's complement on the device: bytes 128..=255 are -128..=-1.
-            let unsigned = codes.to_dtype(DType::F32).map_err(&err)?;
-            let negative = codes.ge(128u8).and_then(|m| m.to_dtype(DType::F32)).map_err(&err)?;
-            let signed = (unsigned - (negative * 256.0).map_err(&err)?).map_err(&err)?;
-            let scale = Tensor::from_slice(scale, (shape.out, 1), b.device).map_err(&err)?;
-            signed.broadcast_mul(&scale).and_then(|w| w.reshape(dims)).map_err(&err)?
-        }
-        _ => Tensor::from_vec(layer.to_float()?.weight, dims, b.device).map_err(&err)?,
-    };
+    let weight = Tensor::from_vec(layer.to_float()?.weight, dims, b.device).map_err(&err)?;
     let bias = Tensor::from_slice(layer.bias, shape.out, b.device).map_err(err)?;
     Ok((weight, bias))
 }
