@@ -60,26 +60,35 @@ fn exp8(x: __m256) -> __m256 {
     _mm256_mul_ps(p, _mm256_castsi256_ps(bits))
 }
 
+/// The u8 codes of 16 real values (`$y0`: lanes 0..8, `$y1`: 8..16) as 16 bytes:
+/// [`super::act::quantize_code`]'s operations, `code(y * inv + zp)` with `code` =
+/// clamp to [0, 255], add 0.5, truncate. A macro, so that it is always inlined.
+macro_rules! codes_u8 {
+    ($y0:expr, $y1:expr, $inv:expr, $zp:expr) => {{
+        let (inv, zp) = ($inv, $zp);
+        let code = |y: __m256| {
+            let v = _mm256_add_ps(_mm256_mul_ps(y, inv), zp);
+            let v = _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(255.0));
+            _mm256_cvttps_epi32(_mm256_add_ps(v, _mm256_set1_ps(0.5)))
+        };
+        let words = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(code($y0), code($y1)));
+        _mm_packus_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256::<1>(words))
+    }};
+}
+
 /// The activation on 8 lanes: [`super::act::activate`]'s operations, in its order.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn act8(act: Activation, x: __m256) -> __m256 {
-    match act {
-        Activation::None => x,
-        Activation::Relu => _mm256_max_ps(x, _mm256_setzero_ps()),
-        Activation::Gelu => {
-            // u = 0.7978846 * (x + ((0.044715 * x) * x) * x); x / (1 + exp(-2 * u))
-            let cube = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.044_715), x), x), x);
-            let u = _mm256_mul_ps(_mm256_set1_ps(0.797_884_6), _mm256_add_ps(x, cube));
-            let e = exp8(_mm256_mul_ps(_mm256_set1_ps(-2.0), u));
-            _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), e))
-        }
-    }
+    let mut ys = [x];
+    act_block(act, &mut ys);
+    ys[0]
 }
 
-/// The activation on a tile's twelve vectors, stage by stage over the block, so that
-/// the twelve independent chains overlap (one vector at a time, GELU's long dependency
-/// chain leaves the core waiting).
+/// The activation on up to a tile's twelve vectors ([`super::act::activate`]'s
+/// operations, in its order), stage by stage over the block, so that the independent
+/// chains overlap (one vector at a time, GELU's long dependency chain leaves the core
+/// waiting).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn act_block(act: Activation, ys: &mut [__m256]) {
@@ -87,13 +96,14 @@ fn act_block(act: Activation, ys: &mut [__m256]) {
         Activation::None => {}
         Activation::Relu => ys.iter_mut().for_each(|y| *y = _mm256_max_ps(*y, _mm256_setzero_ps())),
         Activation::Gelu => {
+            // u = 0.7978846 * (x + ((0.044715 * x) * x) * x); x / (1 + exp(-2 * u))
             let mut e = [_mm256_setzero_ps(); 2 * MR];
             for (e, &x) in e.iter_mut().zip(ys.iter()) {
                 let cube = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.044_715), x), x), x);
                 let u = _mm256_mul_ps(_mm256_set1_ps(0.797_884_6), _mm256_add_ps(x, cube));
                 *e = _mm256_mul_ps(_mm256_set1_ps(-2.0), u);
             }
-            for e in e.iter_mut() {
+            for e in e.iter_mut().take(ys.len()) {
                 *e = exp8(*e);
             }
             for (y, e) in ys.iter_mut().zip(e) {
@@ -135,20 +145,16 @@ unsafe fn add_u8_avx2(j: &mut super::AddU8<'_>) {
     let (inv, zo, act) = (c(1.0 / qo.scale), c(f32::from(qo.zero_point)), j.act);
     // 16 codes of each input -> 16 output codes.
     let block = |a: __m128i, b: __m128i| -> __m128i {
+        // The activated sum of 8 lanes.
         let half = |a: __m128i, b: __m128i| {
             let real = |q: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q));
             let y = _mm256_add_ps(
                 _mm256_mul_ps(sa, _mm256_sub_ps(real(a), za)),
                 _mm256_mul_ps(sb, _mm256_sub_ps(real(b), zb)),
             );
-            let v = _mm256_add_ps(_mm256_mul_ps(act8(act, y), inv), zo);
-            let v = _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), c(255.0));
-            _mm256_cvttps_epi32(_mm256_add_ps(v, c(0.5)))
+            act8(act, y)
         };
-        let lo = half(a, b);
-        let hi = half(_mm_srli_si128::<8>(a), _mm_srli_si128::<8>(b));
-        let words = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(lo, hi));
-        _mm_packus_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256::<1>(words))
+        codes_u8!(half(a, b), half(_mm_srli_si128::<8>(a), _mm_srli_si128::<8>(b)), inv, zo)
     };
     let load = |s: &[u8]| match <[u8; 16]>::try_from(s) {
         Ok(full) => u128::from_le_bytes(full),
@@ -351,16 +357,7 @@ macro_rules! finish_u8 {
             }
             StoreU8::Codes { output, inv_scale, zero_point } => {
                 if let Some(&out) = output.get($i) {
-                    let (inv, zp) = (_mm256_set1_ps(inv_scale), _mm256_set1_ps(zero_point));
-                    // code(v) = (clamp(v, 0, 255) + 0.5) truncated; v = y * inv + zp.
-                    let code = |y: __m256| {
-                        let v = _mm256_add_ps(_mm256_mul_ps(y, inv), zp);
-                        let v = _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(255.0));
-                        _mm256_cvttps_epi32(_mm256_add_ps(v, _mm256_set1_ps(0.5)))
-                    };
-                    let words = _mm256_packus_epi32(code(y0), code(y1));
-                    let words = _mm256_permute4x64_epi64::<0b11_01_10_00>(words);
-                    let bytes = _mm_packus_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256::<1>(words));
+                    let bytes = codes_u8!(y0, y1, _mm256_set1_ps(inv_scale), _mm256_set1_ps(zero_point));
                     // SAFETY: `lanes` writable bytes at `out` (the macro's contract).
                     unsafe { store_bytes(out, bytes, t.lanes) };
                 }
