@@ -187,10 +187,7 @@ impl Session {
                 h * w * 3
             }
         };
-        let given = match input {
-            Input::Nchw(x) => x.len(),
-            Input::Rgb8(x) => x.len(),
-        };
+        let given = input.len();
         let classes = self.model.classes();
         if batch == 0 {
             return Err(Error::Input("batch size is 0".into()));

@@ -197,7 +197,8 @@ fn bad_inputs_are_errors() {
 }
 
 /// Grouped convolutions whose groups are not a multiple of four channels wide (int8
-/// reads those channel by channel): depthwise 3 -> 6, then 6 -> 8 in two groups of 3.
+/// kernels read whole quads from each group's first channel, past the value's
+/// channels for the last group): depthwise 3 -> 6, then 6 -> 8 in two groups of 3.
 #[test]
 fn odd_channel_groups_match_the_reference() {
     use cifar_sdk::artifact::*;

@@ -96,6 +96,13 @@ impl LayerShape {
     pub fn quads(&self) -> usize {
         self.cin_g().div_ceil(QUAD)
     }
+    /// Channels an int8 kernel reads at each input pixel: whole quads from each group's
+    /// first channel, so the last group of a layer whose groups are not a multiple of
+    /// four channels wide reads past the value's channels (into lanes the zero packing
+    /// padding of the weights cancels).
+    pub fn int8_channels_read(&self) -> usize {
+        (self.groups.max(1) - 1) * self.cin_g() + self.quads() * QUAD
+    }
     /// Elements of the logical weight `[out][cin_g][kh][kw]`.
     pub fn logical_len(&self) -> usize {
         self.out * self.k()
@@ -117,21 +124,27 @@ impl LayerShape {
         self.positions() * self.quads() * PANEL * QUAD
     }
 
+    /// Where output channel `o` lives in the packed layout: `(panel, lane)`, with panels
+    /// counted across groups (`group * panels() + panel within the group`).
+    pub fn slot(&self, o: usize) -> (usize, usize) {
+        let out_g = self.out_g().max(1);
+        let (g, og) = (o / out_g, o % out_g);
+        (g * self.panels() + og / PANEL, og % PANEL)
+    }
+
     /// Index in the packed f32 weight of logical element (o, c, ky, kx).
     fn f32_index(&self, o: usize, c: usize, ky: usize, kx: usize) -> usize {
-        let (g, og) = (o / self.out_g(), o % self.out_g());
-        let (panel, lane) = (og / PANEL, og % PANEL);
+        let (panel, lane) = self.slot(o);
         let pos = ky * self.kernel[1] + kx;
-        (((g * self.panels() + panel) * self.positions() * self.cin_g()) + pos * self.cin_g() + c) * PANEL + lane
+        ((panel * self.positions() * self.cin_g()) + pos * self.cin_g() + c) * PANEL + lane
     }
 
     /// Index in the packed int8 weight of logical element (o, c, ky, kx).
     fn i8_index(&self, o: usize, c: usize, ky: usize, kx: usize) -> usize {
-        let (g, og) = (o / self.out_g(), o % self.out_g());
-        let (panel, lane) = (og / PANEL, og % PANEL);
+        let (panel, lane) = self.slot(o);
         let pos = ky * self.kernel[1] + kx;
         let (q, r) = (c / QUAD, c % QUAD);
-        ((((g * self.panels() + panel) * self.positions() + pos) * self.quads() + q) * PANEL + lane) * QUAD + r
+        (((panel * self.positions() + pos) * self.quads() + q) * PANEL + lane) * QUAD + r
     }
 
     /// Calls `f(logical index, packed f32 index)` for every logical element.

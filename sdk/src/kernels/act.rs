@@ -55,7 +55,7 @@ impl QuantParams {
     /// Clamp, add 0.5, truncate: no rounding call, so loops over it vectorize.
     #[inline(always)]
     pub fn quantize(&self, x: f32) -> u8 {
-        code(x * (1.0 / self.scale) + f32::from(self.zero_point))
+        quantize_code(x, 1.0 / self.scale, f32::from(self.zero_point))
     }
 
     /// Parameters covering `[lo, hi]` (widened to include 0, so zero is exact).

@@ -55,23 +55,16 @@ unsafe fn conv_f32(t: &ConvTileF32<'_>) {
     }
 }
 
-/// The exact i32 sums of one int8 tile. With `exact = Some(cg)`, reduction step `k`
-/// reads only the first `cg - 4 * (k % ceil(cg / 4))` (at most 4) of its bytes: the
-/// last quad of each window position of a group whose channel count is not a multiple
-/// of four (the rest of those 4 bytes belong to the next group).
+/// The exact i32 sums of one int8 tile.
 ///
 /// # Safety
-/// See [`Kernels::conv_u8`] (with only the bytes above read when `exact` is given).
-unsafe fn sums(t: &ConvTileU8<'_>, exact: Option<usize>) -> [[i32; PANEL]; MR] {
+/// See [`Kernels::conv_u8`].
+unsafe fn sums(t: &ConvTileU8<'_>) -> [[i32; PANEL]; MR] {
     let mut acc = [[0i32; PANEL]; MR];
     for (i, row) in acc.iter_mut().enumerate().take(t.pixels.min(MR)) {
         let Some(&base) = t.input.get(i) else { continue };
         for (k, &off) in t.koffs.iter().enumerate() {
-            let bytes = match exact {
-                Some(cg) => (cg.saturating_sub(QUAD * (k % cg.div_ceil(QUAD).max(1)))).min(QUAD),
-                None => QUAD,
-            };
-            for r in 0..bytes {
+            for r in 0..QUAD {
                 // SAFETY: the caller guarantees these bytes at each offset after each input
                 // pointer and the weight panel of koffs.len() * PANEL * QUAD weights.
                 let (x, w) = unsafe { (i32::from(*base.add(off + r)), t.weights.add(k * PANEL * QUAD + r)) };
@@ -85,13 +78,11 @@ unsafe fn sums(t: &ConvTileU8<'_>, exact: Option<usize>) -> [[i32; PANEL]; MR] {
     acc
 }
 
-/// The int8 tile; `exact` as for [`sums`].
-///
 /// # Safety
-/// See [`Kernels::conv_u8`] and [`sums`].
-pub(crate) unsafe fn conv_u8_exact(t: &ConvTileU8<'_>, exact: Option<usize>) {
+/// See [`Kernels::conv_u8`].
+unsafe fn conv_u8(t: &ConvTileU8<'_>) {
     // SAFETY: the same contract as this function's.
-    let acc = unsafe { sums(t, exact) };
+    let acc = unsafe { sums(t) };
     for (i, row) in acc.iter().enumerate().take(t.pixels.min(MR)) {
         for (lane, &a) in row.iter().enumerate().take(t.lanes.min(PANEL)) {
             let (m, o) = (t.mult.get(lane).copied().unwrap_or(0.0), t.offset.get(lane).copied().unwrap_or(0.0));
@@ -112,11 +103,4 @@ pub(crate) unsafe fn conv_u8_exact(t: &ConvTileU8<'_>, exact: Option<usize>) {
             }
         }
     }
-}
-
-/// # Safety
-/// See [`Kernels::conv_u8`].
-unsafe fn conv_u8(t: &ConvTileU8<'_>) {
-    // SAFETY: the same contract as this function's.
-    unsafe { conv_u8_exact(t, None) }
 }

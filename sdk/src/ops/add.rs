@@ -86,7 +86,7 @@ impl CpuOp for Cpu {
         let len = self.output.w * self.output.cs;
         for u in units {
             let (n, y) = rows::unit(&self.output, u);
-            let (ra, rb) = (rows::pixel(la, n, y, 0), rows::pixel(lb, n, y, 0));
+            let (ra, rb) = (la.pixel(n, y, 0), lb.pixel(n, y, 0));
             match (self.output.elem, self.quant) {
                 (Elem::U8, Some((qa, qb, qo))) => {
                     let (a, b) = (io.input_u8(0)?, io.input_u8(1)?);

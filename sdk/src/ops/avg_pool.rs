@@ -92,7 +92,7 @@ impl Cpu {
                 let Some(ix) = (ox * p.stride[1] + kx).checked_sub(p.padding[1]).filter(|&x| x < l.w) else {
                     continue;
                 };
-                let src = rows::px(x, rows::pixel(l, n, iy, ix) + c0, sum.len())?;
+                let src = rows::px(x, l.pixel(n, iy, ix) + c0, sum.len())?;
                 sum.iter_mut().zip(src).for_each(|(s, &v)| *s += real(v));
             }
         }

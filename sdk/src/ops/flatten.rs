@@ -60,7 +60,7 @@ fn gather<T: Copy>(x: &[T], l: &ValueLayout, n: usize, out: &mut [T]) -> Result<
     let plane = l.h * l.w;
     for y in 0..l.h {
         for xx in 0..l.w {
-            let px = rows::px(x, rows::pixel(l, n, y, xx), l.c)?;
+            let px = rows::px(x, l.pixel(n, y, xx), l.c)?;
             for (c, &v) in px.iter().enumerate() {
                 if let Some(o) = out.get_mut(c * plane + y * l.w + xx) {
                     *o = v;

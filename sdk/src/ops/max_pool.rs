@@ -67,25 +67,18 @@ impl OpSpec for MaxPool {
     }
 }
 
-/// A max-pooling window over NHWC planes (shared with the global max pool).
+/// A max-pooling window over NHWC planes.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct WindowMax {
-    pub kernel: [usize; 2],
-    pub stride: [usize; 2],
-    pub padding: [usize; 2],
+struct WindowMax {
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
 }
 
 impl WindowMax {
     /// Writes the channel-wise max of output row `oy` of image `n` into `row` (the
     /// output row's interior, `cs` values per pixel).
-    pub fn row<T: Copy + PartialOrd>(
-        &self,
-        x: &[T],
-        l: &ValueLayout,
-        n: usize,
-        oy: usize,
-        row: &mut [T],
-    ) -> Result<()> {
+    fn row<T: Copy + PartialOrd>(&self, x: &[T], l: &ValueLayout, n: usize, oy: usize, row: &mut [T]) -> Result<()> {
         let cs = l.cs.max(1);
         // An unconditional store of the larger value: vectorizes to `pmaxub`/`maxps`
         // (a store only when larger does not).
@@ -94,7 +87,7 @@ impl WindowMax {
             // Windows side by side: every window lies inside the plane.
             let [kh, kw] = self.kernel;
             for ky in 0..kh {
-                let start = rows::pixel(l, n, oy * kh + ky, 0);
+                let start = l.pixel(n, oy * kh + ky, 0);
                 let r = rows::px(x, start, l.w * cs)?;
                 for (ox, out) in row.chunks_exact_mut(cs).enumerate() {
                     for kx in 0..kw {
@@ -119,7 +112,7 @@ impl WindowMax {
                     let Some(ix) = (ox * self.stride[1] + kx).checked_sub(self.padding[1]).filter(|&x| x < l.w) else {
                         continue;
                     };
-                    let src = rows::px(x, rows::pixel(l, n, iy, ix), cs)?;
+                    let src = rows::px(x, l.pixel(n, iy, ix), cs)?;
                     if first {
                         out.copy_from_slice(src);
                         first = false;

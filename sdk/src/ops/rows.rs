@@ -2,8 +2,6 @@
 //! output rows of the chunk, `images * h` of them, and each unit writes one contiguous
 //! run of its output (the interior of one row), so concurrent units never overlap.
 
-use std::ops::Range;
-
 use crate::backend::cpu::{Io, ValueLayout};
 use crate::{Error, Result};
 
@@ -17,17 +15,6 @@ pub(crate) fn unit(out: &ValueLayout, u: usize) -> (usize, usize) {
     (u / out.h.max(1), u % out.h.max(1))
 }
 
-/// Element offset of interior pixel (y, x) of image `n`.
-pub(crate) fn pixel(l: &ValueLayout, n: usize, y: usize, x: usize) -> usize {
-    n * l.image_len() + l.at(y, x)
-}
-
-/// The interior elements of output row `y` of image `n`.
-pub(crate) fn out_row(l: &ValueLayout, n: usize, y: usize) -> Range<usize> {
-    let start = pixel(l, n, y, 0);
-    start..start + l.w * l.cs
-}
-
 /// Output row `y` of image `n` as f32.
 ///
 /// # Safety
@@ -36,7 +23,7 @@ pub(crate) fn out_row(l: &ValueLayout, n: usize, y: usize) -> Range<usize> {
 #[allow(clippy::mut_from_ref)] // one row of the arena, by the contract above
 pub(crate) unsafe fn out_f32<'a>(io: &'a Io<'_>, n: usize, y: usize) -> Result<&'a mut [f32]> {
     // SAFETY: the caller's contract makes the row exclusive.
-    unsafe { io.output_f32(out_row(&io.output_layout(), n, y)) }
+    unsafe { io.output_f32(io.output_layout().row(n, y)) }
 }
 
 /// Output row `y` of image `n` as u8.
@@ -46,7 +33,7 @@ pub(crate) unsafe fn out_f32<'a>(io: &'a Io<'_>, n: usize, y: usize) -> Result<&
 #[allow(clippy::mut_from_ref)] // one row of the arena, by the contract above
 pub(crate) unsafe fn out_u8<'a>(io: &'a Io<'_>, n: usize, y: usize) -> Result<&'a mut [u8]> {
     // SAFETY: the caller's contract makes the row exclusive.
-    unsafe { io.output_u8(out_row(&io.output_layout(), n, y)) }
+    unsafe { io.output_u8(io.output_layout().row(n, y)) }
 }
 
 /// The `cs` channels of pixel `at` of a value, or an internal error.

@@ -73,7 +73,7 @@ impl CpuOp for Cpu {
         let len = self.output.w * self.output.cs;
         for u in units {
             let (n, y) = rows::unit(&self.output, u);
-            let at = rows::pixel(&self.input, n, y, 0);
+            let at = self.input.pixel(n, y, 0);
             match self.output.elem {
                 Elem::U8 => {
                     // SAFETY: this unit's own output row; units are rows, one thread each.

@@ -10,7 +10,7 @@ use std::ops::Range;
 use super::{CpuBuild, CpuOp, Elem, Io, ValueLayout};
 use crate::artifact::layers::{names, LayerShape, StoredLayer, PANEL, QUAD};
 use crate::artifact::Activation;
-use crate::kernels::{portable, ConvTileF32, ConvTileU8, Kernels, StoreU8, MR};
+use crate::kernels::{ConvTileF32, ConvTileU8, Kernels, StoreU8, MR};
 use crate::{Error, Result};
 
 /// How a convolution reads its window.
@@ -49,17 +49,15 @@ pub(crate) struct Conv {
     /// Elements of one packed panel.
     panel_len: usize,
     epilogue: Epilogue,
-    /// int8 layers whose groups do not start on a multiple of four channels read their
-    /// channels one by one (portable code).
-    exact_channels: bool,
     kernels: &'static Kernels,
 }
 
+/// Per-output-channel `values` in the packed panels' order (lanes past the layer's: 0).
 fn per_panel(shape: &LayerShape, values: &[f32]) -> Vec<[f32; PANEL]> {
     let mut v = vec![[0f32; PANEL]; shape.groups * shape.panels()];
     for (o, &x) in values.iter().enumerate().take(shape.out) {
-        let (g, og) = (o / shape.out_g().max(1), o % shape.out_g().max(1));
-        if let Some(lane) = v.get_mut(g * shape.panels() + og / PANEL).and_then(|p| p.get_mut(og % PANEL)) {
+        let (panel, lane) = shape.slot(o);
+        if let Some(lane) = v.get_mut(panel).and_then(|p| p.get_mut(lane)) {
             *lane = x;
         }
     }
@@ -94,15 +92,12 @@ impl Conv {
         let offsets: Vec<usize> = (0..kh).flat_map(|ky| (0..kw).map(move |kx| (ky * irow + kx) * input.cs)).collect();
         let int8 = input.elem == Elem::U8;
         let cg = shape.cin_g();
-        let exact_channels = int8 && shape.groups > 1 && !cg.is_multiple_of(QUAD);
         let (steps, width) = if int8 { (shape.quads(), QUAD) } else { (cg, 1) };
         let koffs: Vec<usize> = offsets.iter().flat_map(|&o| (0..steps).map(move |j| o + j * width)).collect();
         // Every address a tile touches, checked once: the farthest window read and the
         // farthest result written stay inside one image.
-        let read = if int8 && !exact_channels { shape.quads() * QUAD } else { cg };
-        let last_group = (shape.groups - 1) * cg;
-        let far_in =
-            in_pix.iter().max().copied().unwrap_or(0) + offsets.last().copied().unwrap_or(0) + last_group + read;
+        let read = if int8 { shape.int8_channels_read() } else { shape.groups * cg };
+        let far_in = in_pix.iter().max().copied().unwrap_or(0) + offsets.last().copied().unwrap_or(0) + read;
         if far_in > input.image_len() {
             return Err(bad(format!("window reads {far_in} of {} elements", input.image_len())));
         }
@@ -143,7 +138,6 @@ impl Conv {
             weight,
             panel_len,
             epilogue,
-            exact_channels,
             kernels: b.kernels,
         })
     }
@@ -177,13 +171,13 @@ impl Conv {
         (ins, outs, valid.max(1))
     }
 
-    fn check_io(&self, io: &Io<'_>) -> Result<()> {
+    /// Checks the chunk's buffers against the plan; returns the layer's packed weights.
+    fn check_io<'a>(&self, io: &Io<'a>) -> Result<&'a [u8]> {
         let bad = |what: &str| Error::Internal(format!("{}: {what}", self.name));
         if io.input_layout(0)? != self.input || io.output_layout() != self.output {
             return Err(bad("the chunk's layouts differ from the planned ones"));
         }
-        let elem = |l: &ValueLayout| if l.elem == Elem::F32 { 4 } else { 1 };
-        if io.output_ptr().1 < io.images * self.output.image_len() * elem(&self.output) {
+        if io.output_ptr().1 < io.images * self.output.image_bytes() {
             return Err(bad("output buffer too small"));
         }
         let input_len = match self.input.elem {
@@ -193,10 +187,7 @@ impl Conv {
         if input_len < io.images * self.input.image_len() {
             return Err(bad("input buffer too small"));
         }
-        if io.file.get(self.weight.clone()).is_none() {
-            return Err(bad("weights outside the file"));
-        }
-        Ok(())
+        io.file.get(self.weight.clone()).ok_or_else(|| bad("weights outside the file"))
     }
 }
 
@@ -206,7 +197,7 @@ impl CpuOp for Conv {
     }
 
     fn run(&self, io: &Io<'_>, units: Range<usize>) -> Result<()> {
-        self.check_io(io)?;
+        let weights = self.check_io(io)?;
         if units.end > self.units(io.images) {
             return Err(Error::Internal(format!("{}: units {units:?} of {}", self.name, self.units(io.images))));
         }
@@ -214,8 +205,6 @@ impl CpuOp for Conv {
         let (panels, plane) = (self.shape.panels().max(1), self.in_pix.len().max(1));
         let (cg, og) = (self.shape.cin_g(), self.shape.out_g());
         let (out_ptr, _) = io.output_ptr();
-        let weights =
-            io.file.get(self.weight.clone()).ok_or_else(|| Error::Internal("weights outside the file".into()))?;
         let no_panel = || Error::Internal(format!("{}: a weight panel outside the layer", self.name));
         let zero = [0f32; PANEL];
         // One (group, panel) at a time: its weights stay in cache across its tiles.
@@ -288,15 +277,10 @@ impl CpuOp for Conv {
                             lanes,
                         };
                         for _ in 0..crate::kernels::REPEAT {
-                            if self.exact_channels {
-                                // SAFETY: as for f32 above; this build reads exactly the
-                                // group's `cg` channels at each window position.
-                                unsafe { portable::conv_u8_exact(&tile, Some(cg)) };
-                            } else {
-                                // SAFETY: as for f32 above, with 4 * quads bytes per window
-                                // position (checked in `Conv::new`).
-                                unsafe { (self.kernels.conv_u8)(&tile) };
-                            }
+                            // SAFETY: as for f32 above, with 4 * quads bytes per window
+                            // position from the group's first channel (checked in
+                            // `Conv::new`).
+                            unsafe { (self.kernels.conv_u8)(&tile) };
                         }
                         at = advance(at, plane);
                     }

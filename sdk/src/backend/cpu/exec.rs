@@ -101,15 +101,12 @@ pub(crate) fn run_chunk(
         fill_border(io.output, images);
         let units = op.units(images);
         match pool {
-            Some(p) if p.threads() > 1 && units > 1 => {
-                // Ranges of about a quarter of a thread's share: a thread that starts late
-                // or is preempted leaves its part to the others, and few claims keep the
-                // shared counter cheap.
-                let grain = units.div_ceil(p.threads() * 4);
-                p.run(units, grain, &|_, r| op.run(&io, r))?
-            }
+            // Ranges of about a quarter of a thread's share: a thread that starts late or
+            // is preempted leaves its part to the others, and few claims keep the shared
+            // counter cheap. (One unit, or no workers: the pool runs it on this thread.)
+            Some(p) => p.run(units, units.div_ceil(p.threads() * 4), &|_, r| op.run(&io, r))?,
             // Panics become errors on this path too.
-            _ => super::threads::call(&|_, r| op.run(&io, r), 0, 0..units)?,
+            None => super::threads::call(&|_, r| op.run(&io, r), 0, 0..units)?,
         }
         observe(i, &io)?;
     }
@@ -128,9 +125,7 @@ pub(crate) fn interior_f32(io: &Io<'_>) -> Result<Vec<f32>> {
     let mut out = Vec::with_capacity(io.images * l.h * l.w * l.c);
     for n in 0..io.images {
         for y in 0..l.h {
-            let start = n * l.image_len() + l.at(y, 0);
-            let row =
-                all.get(start..start + l.w * l.cs).ok_or_else(|| Error::Internal("value row out of range".into()))?;
+            let row = all.get(l.row(n, y)).ok_or_else(|| Error::Internal("value row out of range".into()))?;
             for px in row.chunks_exact(l.cs.max(1)) {
                 out.extend_from_slice(px.get(..l.c).unwrap_or(px));
             }

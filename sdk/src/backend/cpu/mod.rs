@@ -17,6 +17,7 @@ pub(crate) mod threads;
 
 use std::ops::Range;
 
+use crate::artifact::layers::QUAD;
 use crate::artifact::{Artifact, Node, Precision, QuantParams};
 use crate::kernels::Kernels;
 use crate::{Error, Result};
@@ -35,7 +36,8 @@ pub(crate) struct ValueLayout {
     pub w: usize,
     /// Channels.
     pub c: usize,
-    /// Channels as stored (u8: rounded up to a multiple of 4).
+    /// Channels as stored (u8: rounded up to a multiple of 4, and at least what every
+    /// consumer layer reads, [`LayerShape::int8_channels_read`]).
     pub cs: usize,
     /// Padding pixels around the plane.
     pub border: usize,
@@ -60,6 +62,15 @@ impl ValueLayout {
     /// Element offset of interior pixel (y, x) in an image.
     pub fn at(&self, y: usize, x: usize) -> usize {
         ((y + self.border) * (self.w + 2 * self.border) + x + self.border) * self.cs
+    }
+    /// Element offset of interior pixel (y, x) of image `n` of a chunk.
+    pub fn pixel(&self, n: usize, y: usize, x: usize) -> usize {
+        n * self.image_len() + self.at(y, x)
+    }
+    /// The elements of interior row `y` of image `n` of a chunk (`w * cs`, no border).
+    pub fn row(&self, n: usize, y: usize) -> std::ops::Range<usize> {
+        let start = self.pixel(n, y, 0);
+        start..start + self.w * self.cs
     }
 }
 
@@ -233,15 +244,24 @@ impl Program {
                 }
             }
         }
+        // u8 channels stored: whole quads, and as many as any consumer layer reads.
+        let mut int8_read = vec![0usize; g.nodes.len() + 1];
+        for (node, ni) in g.nodes.iter().zip(&info.nodes) {
+            let (Some(&v), Some(shape)) = (ni.inputs.first(), node.op.spec().layer(&ni.input_shapes)) else { continue };
+            if let Some(slot) = int8_read.get_mut(v) {
+                *slot = (*slot).max(shape.int8_channels_read());
+            }
+        }
         let layout = |v: usize, shape: [usize; 3]| -> ValueLayout {
             let q = quant_of(v);
             let elem = if int8 && q.is_some() { Elem::U8 } else { Elem::F32 };
             let [c, h, w] = shape;
+            let read = int8_read.get(v).copied().unwrap_or(0);
             ValueLayout {
                 h,
                 w,
                 c,
-                cs: if elem == Elem::U8 { c.next_multiple_of(4) } else { c },
+                cs: if elem == Elem::U8 { c.max(read).next_multiple_of(QUAD) } else { c },
                 border: border.get(v).copied().unwrap_or(0),
                 elem,
                 zero_code: q.map_or(0, |q| q.zero_point),

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use super::exec::{input_region, interior_f32, run_chunk};
 use super::plan::Plan;
-use super::threads::Pool;
+use super::threads::{lock, Pool};
 use super::{Elem, Program, ValueLayout};
 use crate::backend::{Backend, Input, Runner, Watch};
 use crate::model::Model;
@@ -54,10 +54,6 @@ struct CpuRunner {
     pixel_u8: [[u8; 256]; 3],
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Writes `n` images of `input` (shape `[c, h, w]`) into `dst` in layout `l`, row by
 /// row: normalized values through `from_f32(channel, value)`, RGB8 bytes through
 /// `from_byte(channel, byte)`.
@@ -74,8 +70,7 @@ fn load_rows<T: Copy>(
     let cs = l.cs.max(1);
     for b in 0..n {
         for y in 0..h {
-            let start = b * l.image_len() + l.at(y, 0);
-            let row = dst.get_mut(start..start + w * cs).ok_or_else(short)?;
+            let row = dst.get_mut(l.row(b, y)).ok_or_else(short)?;
             match input {
                 Input::Nchw(v) => {
                     for ch in 0..c {
@@ -195,20 +190,24 @@ impl CpuRunner {
         let bytes: &[u8] = bytemuck::cast_slice(arena);
         let bytes = bytes.get(range).ok_or_else(|| Error::Internal("output outside the arena".into()))?;
         let classes = model.classes();
-        let quant = model.metadata().graph.nodes.get(p.output).and_then(|nd| nd.quant);
-        for (b, row) in out.chunks_exact_mut(classes.max(1)).enumerate().take(n) {
-            let at = b * l.image_len() + l.at(0, 0);
-            match (l.elem, quant) {
-                (Elem::F32, _) => {
-                    let v: &[f32] = bytemuck::try_cast_slice(bytes).map_err(|_| Error::Internal("logits".into()))?;
-                    row.copy_from_slice(v.get(at..at + classes).ok_or_else(|| Error::Internal("logits".into()))?);
+        let bad = || Error::Internal("logits".into());
+        let rows = out.chunks_exact_mut(classes.max(1)).enumerate().take(n);
+        match (l.elem, model.metadata().graph.nodes.get(p.output).and_then(|nd| nd.quant)) {
+            (Elem::F32, _) => {
+                let v: &[f32] = bytemuck::try_cast_slice(bytes).map_err(|_| bad())?;
+                for (b, row) in rows {
+                    let at = l.pixel(b, 0, 0);
+                    row.copy_from_slice(v.get(at..at + classes).ok_or_else(bad)?);
                 }
-                (Elem::U8, Some(q)) => {
-                    let v = bytes.get(at..at + classes).ok_or_else(|| Error::Internal("logits".into()))?;
+            }
+            (Elem::U8, Some(q)) => {
+                for (b, row) in rows {
+                    let at = l.pixel(b, 0, 0);
+                    let v = bytes.get(at..at + classes).ok_or_else(bad)?;
                     row.iter_mut().zip(v).for_each(|(o, &c)| *o = q.dequantize(c));
                 }
-                (Elem::U8, None) => return Err(Error::Internal("quantized output without an encoding".into())),
             }
+            (Elem::U8, None) => return Err(Error::Internal("quantized output without an encoding".into())),
         }
         Ok(())
     }
@@ -235,7 +234,6 @@ impl Runner for CpuRunner {
             return Err(Error::Internal(format!("{n} images for a runner of {}", self.capacity())));
         }
         let file = model.artifact().bytes();
-        let program = Arc::clone(&self.program);
         let mut arena = lock(self.arenas.first().ok_or_else(|| Error::Internal("no arena".into()))?);
         self.load(&mut arena, model, input, n)?;
         let mut last = std::time::Instant::now();
@@ -253,7 +251,7 @@ impl Runner for CpuRunner {
             }
             Ok(())
         };
-        run_chunk(&program, &self.plan, &mut arena, file, n, self.pool.as_ref(), &mut observe)?;
+        run_chunk(&self.program, &self.plan, &mut arena, file, n, self.pool.as_ref(), &mut observe)?;
         self.read_logits(&arena, model, n, out)
     }
 
