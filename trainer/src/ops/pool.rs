@@ -90,8 +90,40 @@ pub fn max_pool(x: &Tensor, k: usize) -> candle_core::Result<Tensor> {
     if super::use_fast(x.device(), false) {
         x.contiguous()?.apply_op1(MaxPool::new(k))
     } else {
-        x.max_pool2d(k)
+        max_pool_candle(x, k)
     }
+}
+
+/// Max pooling from candle ops with PyTorch's gradient: the input is cropped to a
+/// multiple of `k` (the rows and columns floor mode drops), its `k x k` windows laid
+/// out along the last axis, and each window's output is its argmax element picked by a
+/// one-hot mask, so the whole gradient goes to that one element, ties included (bf16
+/// convolutions make ties common on a GPU; `max` would hand the full gradient to every
+/// tied element).
+///
+/// Not candle's `max_pool2d`: its backward scales each gradient by the *fraction* of the
+/// window that holds the maximum (1/4 for a 2x2 window, where it should be 1) and maps
+/// rows to windows by nearest-neighbour upsampling, exact only for sizes divisible by
+/// `k` (31 -> 15 sent most gradients to the wrong window). Every GPU run trained through
+/// it until the parity harness (`benches/parity`) showed it.
+fn max_pool_candle(x: &Tensor, k: usize) -> candle_core::Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    if k == 0 || h < k || w < k {
+        candle_core::bail!("max pool: kernel {k} does not fit a {h}x{w} input");
+    }
+    let (oh, ow) = (h / k, w / k);
+    let windows = x
+        .narrow(2, 0, oh * k)?
+        .narrow(3, 0, ow * k)?
+        .contiguous()?
+        .reshape((n, c, oh, k, ow, k))?
+        .permute((0, 1, 2, 4, 3, 5))?
+        .contiguous()?
+        .reshape((n, c, oh, ow, k * k))?;
+    let first_max = windows.argmax_keepdim(4)?;
+    let slots = Tensor::arange(0u32, (k * k) as u32, x.device())?.reshape((1, 1, 1, 1, k * k))?;
+    let one_hot = slots.broadcast_eq(&first_max)?.to_dtype(x.dtype())?;
+    (windows * one_hot)?.sum(4)
 }
 
 #[cfg(test)]
@@ -101,9 +133,31 @@ mod tests {
 
     #[test]
     fn matches_a_direct_reference_on_odd_sizes() {
+        check_against_reference(|x| x.contiguous().unwrap().apply_op1(MaxPool::new(2)).unwrap());
+    }
+
+    #[test]
+    fn the_candle_path_matches_the_reference_on_odd_sizes() {
+        check_against_reference(|x| max_pool_candle(x, 2).unwrap());
+    }
+
+    #[test]
+    fn the_candle_path_gives_a_tied_window_one_gradient() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::ones((1, 2, 5, 4), candle_core::DType::F32, &dev).unwrap()).unwrap();
+        let y = max_pool_candle(&x, 2).unwrap();
+        let dx = y.sum_all().unwrap().backward().unwrap().get(&x).unwrap().flatten_all().unwrap();
+        let dx = dx.to_vec1::<f32>().unwrap();
+        // 2 channels x 2 x 2 windows, each passing a gradient of 1 to exactly one element.
+        assert_eq!(dx.iter().sum::<f32>(), 8.0);
+        assert!(dx.iter().all(|&g| g == 0.0 || g == 1.0), "{dx:?}");
+    }
+
+    /// Values and gradients of a 2x2 pool on a 7x5 input against a direct loop.
+    fn check_against_reference(pool: impl Fn(&Tensor) -> Tensor) {
         let dev = Device::Cpu;
         let x = Var::randn(0f32, 1.0, (2, 3, 7, 5), &dev).unwrap();
-        let y = max_pool(&x, 2).unwrap();
+        let y = pool(x.as_tensor());
         assert_eq!(y.dims(), &[2, 3, 3, 2]);
         let up = Tensor::randn(0f32, 1.0, y.dims(), &dev).unwrap();
         let grads = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
