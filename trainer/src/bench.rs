@@ -13,7 +13,7 @@ use crate::data::Split;
 use crate::model;
 use crate::ops::{set_backend, Backend};
 use crate::optim::Sgd;
-use crate::train::smoothed_cross_entropy;
+use crate::step::smoothed_cross_entropy;
 
 /// Random but fixed images and labels for timing.
 fn synthetic(n: usize, seed: u64) -> Split {
@@ -41,7 +41,7 @@ fn time_steps(cfg: &Config, backend: Backend, batch: usize, steps: usize, data: 
     let mut sgd = Sgd::new(&cfg.train);
     let idx: Vec<u32> = (0..batch as u32).collect();
     let norm = cifar_sdk::Normalization::CIFAR10.affine();
-    let (x, y) = fill(data, &idx, |i| random_view(&Augment::default(), 0, 0, i), &norm);
+    let (x, y) = fill(data, &idx, |i| random_view(&Augment::default(), 0, 0, i, i as u32), &norm);
     let x = Tensor::from_vec(x, (batch, 3, 32, 32), &dev)?;
     let y = Tensor::from_vec(y, batch, &dev)?;
     use crate::ops::timing::timed;
@@ -107,7 +107,7 @@ pub fn run(cfg: &Config, batch: usize, steps: usize, with_candle: bool) -> Resul
     let t = Instant::now();
     let reps = 20;
     for r in 0..reps {
-        let _ = fill(&data, &idx, |i| random_view(&Augment::default(), 1, r, i), &norm);
+        let _ = fill(&data, &idx, |i| random_view(&Augment::default(), 1, r, i, i as u32), &norm);
     }
     let per_batch = t.elapsed().as_secs_f64() / reps as f64;
     outln!(

@@ -52,6 +52,10 @@ enum Command {
     /// input gradient and weight gradient on random data, at the airbench layer shapes.
     /// Fails if any relative error exceeds 1e-3 (f32).
     GpuCheck(GpuCheckArgs),
+    /// Run the first steps of a recipe on the CPU and write the initial weights, the
+    /// batches, and each step's loss, gradients and weights (for the PyTorch parity
+    /// harness in benches/parity).
+    Trace(crate::trace::TraceArgs),
 }
 
 #[derive(clap::Args)]
@@ -258,6 +262,7 @@ pub fn main() -> Result<()> {
             device::set_threads(0);
             gpu_check(args)
         }
+        Command::Trace(args) => crate::trace::trace_command(args, cli.quiet),
     }
 }
 

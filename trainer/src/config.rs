@@ -80,6 +80,13 @@ pub struct TrainConfig {
     pub ema_decay: f64,
     /// Update the EMA every this many steps.
     pub ema_every: usize,
+    /// airbench's lookahead: every 5 steps the weights are pulled back to a running
+    /// average of themselves whose memory grows with the cube of training progress; the
+    /// run ends on the average. It changes training itself (unlike `ema_decay`).
+    pub lookahead: bool,
+    /// airbench: the whitening stem's bias trains only in the first this many epochs,
+    /// then stays fixed (0 = it trains throughout).
+    pub whiten_bias_epochs: usize,
     /// Batches prepared ahead of the step (host loader).
     pub prefetch: usize,
     /// What GPU convolutions compute in: `f32`, or `bf16`/`f16` (mixed precision:
@@ -193,6 +200,8 @@ impl Default for TrainConfig {
             end_lr_factor: 0.07,
             ema_decay: 0.0,
             ema_every: 5,
+            lookahead: false,
+            whiten_bias_epochs: 0,
             prefetch: 4,
             precision: ComputePrecision::F32,
             loader: LoaderKind::Auto,

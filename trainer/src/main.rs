@@ -32,6 +32,8 @@ mod ops;
 mod optim;
 mod plot;
 mod run;
+mod step;
+mod trace;
 mod train;
 
 fn main() -> std::process::ExitCode {

@@ -14,7 +14,9 @@ use crate::model::{Group, Params};
 
 /// Learning rate at `step` (0-based) of `total` steps.
 pub fn lr_at(cfg: &TrainConfig, step: usize, total: usize, steps_per_epoch: usize) -> f64 {
-    let warmup = (cfg.warmup_epochs * steps_per_epoch as f64).round() as usize;
+    // Whole steps, rounded down, as airbench's `int(0.23 * total)`: the same count when
+    // `warmup_epochs` is 23% of `epochs` (configs/gpu-speedrun.toml), up to rounding.
+    let warmup = (cfg.warmup_epochs * steps_per_epoch as f64 + 1e-9).floor() as usize;
     let s = step as f64;
     if step < warmup {
         let t = s / warmup as f64;
@@ -39,6 +41,10 @@ pub struct Sgd {
     pub bias_lr_mult: f64,
     pub bias_weight_decay: f64,
     pub buffers: HashMap<String, Tensor>,
+    /// Parameters left alone for now (airbench freezes the stem's bias after a few
+    /// epochs): no update, no momentum, no decay, as PyTorch does for a parameter
+    /// without a gradient.
+    pub frozen: Vec<String>,
 }
 
 impl Sgd {
@@ -50,6 +56,7 @@ impl Sgd {
             bias_lr_mult: cfg.bias_lr_mult,
             bias_weight_decay: cfg.bias_weight_decay,
             buffers: HashMap::new(),
+            frozen: Vec::new(),
         }
     }
 
@@ -57,6 +64,9 @@ impl Sgd {
     /// `g += wd * w; b = m * b + g; w -= lr * (nesterov ? g + m * b : b)`.
     pub fn step(&mut self, params: &Params, grads: &GradStore, lr: f64) -> Result<()> {
         for p in params.trainable() {
+            if self.frozen.contains(&p.name) {
+                continue;
+            }
             let Some(g) = grads.get(p.var.as_tensor()) else { continue };
             // Gradients of candle's built-in ops can still carry a backprop graph; a
             // momentum buffer built from one would keep every step's graph (and its
@@ -121,6 +131,60 @@ impl Ema {
     }
 }
 
+/// Steps between two lookahead updates (airbench's `ema_update_freq`).
+pub const LOOKAHEAD_EVERY: usize = 5;
+
+/// airbench's lookahead: every [`LOOKAHEAD_EVERY`] steps a running average of the
+/// weights moves toward them and the weights are reset to it. The average's memory grows
+/// with the cube of training progress, `0.95^5 (step / total)^3`, so early training is
+/// barely touched, and the last step leaves the weights at the average. Unlike
+/// [`Ema`], it changes what the optimizer trains; running statistics are averaged too.
+#[derive(Debug, Default)]
+pub struct Lookahead {
+    pub values: HashMap<String, Tensor>,
+}
+
+impl Lookahead {
+    /// The average's weight on its past after step `step` of `total`.
+    pub fn decay(step: usize, total: usize) -> f64 {
+        0.95f64.powi(LOOKAHEAD_EVERY as i32) * (step as f64 / total.max(1) as f64).min(1.0).powi(3)
+    }
+
+    /// Starts the average from the current weights, unless it has started (called
+    /// before each step: the first call sees the weights before training, as airbench's).
+    pub fn start(&mut self, params: &Params) -> Result<()> {
+        if self.values.is_empty() {
+            for p in &params.list {
+                self.values.insert(p.name.clone(), p.var.as_tensor().detach().copy()?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Called after optimizer step number `step` (1-based count of steps done) of
+    /// `total`.
+    pub fn update(&mut self, params: &Params, step: usize, total: usize) -> Result<()> {
+        self.start(params)?;
+        let due = step.is_multiple_of(LOOKAHEAD_EVERY);
+        if !due && step < total {
+            return Ok(());
+        }
+        // At the last step (not itself due) the weights just take the average.
+        let d = if due { Self::decay(step, total) } else { 1.0 };
+        for p in &params.list {
+            let w = p.var.as_tensor();
+            let avg = match self.values.get(&p.name) {
+                Some(a) if d < 1.0 => ((a * d)? + (w * (1.0 - d))?)?,
+                Some(a) => a.clone(),
+                None => w.copy()?,
+            };
+            p.var.set(&avg)?;
+            self.values.insert(p.name.clone(), avg.detach());
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +231,49 @@ mod tests {
                 assert!((got[i] as f64 - wr[i]).abs() < 1e-5, "step {step}: {got:?} vs {wr:?}");
             }
         }
+    }
+
+    #[test]
+    fn lookahead_pulls_the_weights_to_their_average_on_airbench_steps() {
+        use candle_core::{Device, Tensor};
+        let dev = Device::Cpu;
+        let mut params = crate::model::Params::default();
+        let w = params.add("w", Tensor::new(&[0.0f32], &dev).unwrap(), Group::Weight).unwrap();
+        let mut la = Lookahead::default();
+        let total = 10;
+        let set = |v: f32| w.set(&Tensor::new(&[v], &dev).unwrap()).unwrap();
+        let get = || w.as_tensor().to_vec1::<f32>().unwrap()[0] as f64;
+        set(1.0);
+        la.start(&params).unwrap(); // the average starts at 1
+        la.update(&params, 1, total).unwrap(); // not due
+        set(2.0);
+        la.update(&params, 4, total).unwrap(); // not due: untouched
+        assert_eq!(get(), 2.0);
+        la.update(&params, 5, total).unwrap();
+        let d = 0.95f64.powi(5) * 0.125;
+        assert!((get() - (d * 1.0 + (1.0 - d) * 2.0)).abs() < 1e-6);
+        let avg = get();
+        set(7.0);
+        la.update(&params, 9, total).unwrap();
+        assert_eq!(get(), 7.0);
+        set(3.0);
+        la.update(&params, 10, total).unwrap(); // last step, due: decay 0.95^5
+        let d = 0.95f64.powi(5);
+        assert!((get() - (d * avg + (1.0 - d) * 3.0)).abs() < 1e-5, "{}", get());
+    }
+
+    #[test]
+    fn frozen_parameters_are_not_updated() {
+        use crate::model::Params;
+        use candle_core::{Device, Tensor};
+        let dev = Device::Cpu;
+        let mut params = Params::default();
+        let w = params.add("w", Tensor::new(&[1.0f32], &dev).unwrap(), Group::Weight).unwrap();
+        let mut sgd = Sgd { momentum: 0.9, weight_decay: 0.1, frozen: vec!["w".into()], ..Default::default() };
+        let grads = w.as_tensor().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        sgd.step(&params, &grads, 0.5).unwrap();
+        assert_eq!(w.as_tensor().to_vec1::<f32>().unwrap(), vec![1.0]);
+        assert!(sgd.buffers.is_empty());
     }
 
     #[test]

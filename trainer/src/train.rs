@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
@@ -16,22 +16,12 @@ use crate::data::loader::{epoch_order, EpochPlan, Prefetcher};
 use crate::data::{Dataset, Split};
 use crate::eval;
 use crate::model::{self, Network};
-use crate::optim::{lr_at, Ema, Sgd};
+use crate::optim::Ema;
 use crate::run::{Checkpoint, DatasetRef, Progress, RunDir, Summary};
+use crate::step::Stepper;
 
 /// Set by the Ctrl-C / SIGTERM handler; the loop saves a checkpoint and stops.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// Cross-entropy with label smoothing `eps`: `(1 - eps) * nll + eps * mean(-log p)`.
-pub fn smoothed_cross_entropy(logits: &Tensor, labels: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    let nll = logp.gather(&labels.unsqueeze(1)?, 1)?.neg()?.mean_all()?;
-    if eps == 0.0 {
-        return Ok(nll);
-    }
-    let smooth = logp.mean(D::Minus1)?.neg()?.mean_all()?;
-    (nll * (1.0 - eps))? + (smooth * eps)?
-}
 
 /// The data a run trains and validates on, after `data.train_limit`/`val_limit`.
 pub struct RunData {
@@ -84,11 +74,9 @@ struct Trainer<'a> {
     data: &'a RunData,
     dev: Device,
     net: Box<dyn Network>,
-    sgd: Sgd,
+    opt: Stepper,
     ema: Ema,
     progress: Progress,
-    steps_per_epoch: usize,
-    total_steps: usize,
 }
 
 impl Trainer<'_> {
@@ -97,8 +85,13 @@ impl Trainer<'_> {
         for (k, v) in self.net.params().snapshot() {
             t.insert(format!("model.{k}"), v);
         }
-        for (k, v) in &self.sgd.buffers {
+        for (k, v) in &self.opt.sgd.buffers {
             t.insert(format!("opt.{k}"), v.clone());
+        }
+        if let Some(la) = &self.opt.lookahead {
+            for (k, v) in &la.values {
+                t.insert(format!("lookahead.{k}"), v.clone());
+            }
         }
         for (k, v) in &self.ema.values {
             t.insert(format!("ema.{k}"), v.clone());
@@ -117,7 +110,13 @@ impl Trainer<'_> {
 
     fn restore(&mut self, ck: &Checkpoint) -> Result<()> {
         self.net.params().load(&ck.with_prefix("model."), "")?;
-        self.sgd.buffers = ck.with_prefix("opt.");
+        self.opt.sgd.buffers = ck.with_prefix("opt.");
+        if let Some(la) = &mut self.opt.lookahead {
+            la.values = ck.with_prefix("lookahead.");
+            if la.values.is_empty() && ck.progress.global_step > 0 {
+                errln!("warning: the checkpoint holds no lookahead average (an older run?): it restarts here");
+            }
+        }
         self.ema.values = ck.with_prefix("ema.");
         self.progress = ck.progress;
         Ok(())
@@ -169,8 +168,7 @@ pub fn fit(cfg: &Config, run: &RunDir, resume: Option<Checkpoint>, quiet: bool) 
     let setup_start = Instant::now();
     let net = build_model(cfg, &data, &dev)?;
     let setup_secs = setup_start.elapsed().as_secs_f64();
-    let steps_per_epoch = data.train_idx.len() / cfg.train.batch_size;
-    let total_steps = ((cfg.train.epochs * steps_per_epoch as f64).round() as usize).max(1);
+    let opt = Stepper::for_run(&cfg.train, data.train_idx.len());
     errln!(
         "data: {} ({}), {} training / {} validation images; model: {:?} {:?}, {} parameters, {:.1} MFLOP/image",
         cfg.data.path,
@@ -188,11 +186,9 @@ pub fn fit(cfg: &Config, run: &RunDir, resume: Option<Checkpoint>, quiet: bool) 
         data: &data,
         dev: dev.clone(),
         net,
-        sgd: Sgd::new(&cfg.train),
+        opt,
         ema: Ema::new(cfg.train.ema_decay, cfg.train.ema_every),
         progress: Progress::default(),
-        steps_per_epoch,
-        total_steps,
     };
     let resumed = resume.is_some();
     if let Some(ck) = resume {
@@ -285,7 +281,7 @@ impl BatchSource {
 /// this session's (without the upload of the training split to the device).
 fn train_loop(t: &mut Trainer, quiet: bool) -> Result<(f64, f64)> {
     let cfg = t.cfg;
-    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(t.total_steps as u64) };
+    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(t.opt.total_steps as u64) };
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -312,10 +308,10 @@ fn train_loop(t: &mut Trainer, quiet: bool) -> Result<(f64, f64)> {
     let session_start = Instant::now();
     let base_elapsed = t.progress.elapsed_secs;
     let mut last_checkpoint = Instant::now();
-    let epochs = t.total_steps.div_ceil(t.steps_per_epoch);
-    while t.progress.global_step < t.total_steps {
+    let epochs = t.opt.total_steps.div_ceil(t.opt.steps_per_epoch);
+    while t.progress.global_step < t.opt.total_steps {
         let epoch = t.progress.epoch;
-        let steps = t.steps_per_epoch.min(t.total_steps - epoch * t.steps_per_epoch);
+        let steps = t.opt.steps_per_epoch.min(t.opt.total_steps - epoch * t.opt.steps_per_epoch);
         let plan = EpochPlan {
             order: epoch_order(&t.data.train_idx, cfg.seed, epoch),
             batch_size: cfg.train.batch_size,
@@ -343,12 +339,8 @@ fn train_loop(t: &mut Trainer, quiet: bool) -> Result<(f64, f64)> {
             wait_secs += waited;
             let step_start = Instant::now();
             let bsz = y.dim(0)?;
-            let lr = lr_at(&cfg.train, t.progress.global_step, t.total_steps, t.steps_per_epoch);
-            let logits = t.net.forward(&x, true)?;
-            let loss = smoothed_cross_entropy(&logits, &y, cfg.train.label_smoothing)?;
-            let grads = loss.backward()?;
-            t.sgd.step(t.net.params(), &grads, lr)?;
-            let loss_v = loss.to_scalar::<f32>()? as f64;
+            let out = t.opt.step(t.net.as_ref(), &x, &y, t.progress.global_step)?;
+            let (loss_v, lr) = (out.loss, out.lr);
             if !loss_v.is_finite() {
                 bail!(
                     "the loss became {loss_v} at step {}: lower train.lr (now {})",
@@ -393,7 +385,7 @@ fn train_loop(t: &mut Trainer, quiet: bool) -> Result<(f64, f64)> {
         t.progress.epoch += 1;
         t.progress.step_in_epoch = 0;
         let ep = t.progress.epoch;
-        let last = t.progress.global_step >= t.total_steps;
+        let last = t.progress.global_step >= t.opt.total_steps;
         let val = if !last && cfg.eval.every_epochs > 0 && ep.is_multiple_of(cfg.eval.every_epochs) {
             Some(t.evaluate(Tta::None)?.accuracy)
         } else {

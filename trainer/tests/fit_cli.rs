@@ -121,8 +121,14 @@ fn resume_after_kill_9_reproduces_the_uninterrupted_run() {
     let root = tmp.path();
     let data = synthetic_dataset(root, 100, 100);
     // 18 steps per epoch, 4 epochs; checkpoints every 4 steps.
-    let cfg = tiny_config(root, &data, "[checkpoint]\nevery_steps = 4\nevery_secs = 0\n");
-    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("epochs = 3", "epochs = 4")).unwrap();
+    // With airbench's stateful pieces on: the lookahead average must survive the kill,
+    // the stem-bias freeze and the alternating flip must pick up at the right epoch.
+    let cfg =
+        tiny_config(root, &data, "[checkpoint]\nevery_steps = 4\nevery_secs = 0\n[augment]\nalternate_flip = true\n");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("epochs = 3", "epochs = 4\nlookahead = true\nwhiten_bias_epochs = 2");
+    std::fs::write(&cfg, text.replace("widths = [8, 16, 16]", "widths = [8, 16, 16]\ndirac_init = true")).unwrap();
     let full = root.join("runs/full");
     ok(run_fit(root, &cfg, &full, &[]));
 
@@ -284,4 +290,41 @@ fn real_cifar10_main_job_end_to_end() {
     let line = e.lines().find(|l| l.starts_with("accuracy: ")).unwrap();
     let pct: f64 = line["accuracy: ".len()..].split('%').next().unwrap().parse().unwrap();
     assert!((pct / 100.0 - reported.compiled_accuracy).abs() < 0.5e-4, "{line} vs {}", reported.compiled_accuracy);
+}
+
+#[test]
+fn trace_records_the_steps_fit_takes() {
+    let tmp = tempdir();
+    let root = tmp.path();
+    let data = synthetic_dataset(root, 40, 50);
+    let cfg = tiny_config(root, &data, "");
+    let fit_run = root.join("runs/fit");
+    ok(run_fit(root, &cfg, &fit_run, &[]));
+    let out = root.join("trace");
+    let args = ["trace", "--config", cfg.to_str().unwrap(), "--steps", "3", "--out", out.to_str().unwrap()];
+    ok(run(root, &args));
+    let trace: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("trace.json")).unwrap()).unwrap();
+    assert_eq!(trace["steps"], 3);
+    // The same batches through the same step: the losses fit logged, to the bit.
+    let fit_losses: Vec<f64> = std::fs::read_to_string(fit_run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"step\""))
+        .take(3)
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
+        .collect();
+    let traced: Vec<f64> = trace["loss"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(traced, fit_losses);
+    let names = |file: &str| -> Vec<String> {
+        let bytes = std::fs::read(out.join(file)).unwrap();
+        safetensors::SafeTensors::deserialize(&bytes).unwrap().names().into_iter().map(String::from).collect()
+    };
+    let steps = names("steps.safetensors");
+    for key in ["grad.0.head.weight", "after.2.group1.bn1.running_mean", "momentum.1.head.weight"] {
+        assert!(steps.iter().any(|n| n == key), "steps.safetensors lacks {key}");
+    }
+    assert!(names("batches.safetensors").iter().any(|n| n == "x.2"));
+    assert!(names("init.safetensors").iter().any(|n| n == "whiten.weight"));
+    fails_with(run(root, &["trace", "--config", cfg.to_str().unwrap(), "--steps", "0", "--out", "t"]), &["--steps"]);
 }

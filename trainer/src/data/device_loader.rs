@@ -25,6 +25,8 @@ pub struct DeviceSet {
     labels: Tensor,
     pad: usize,
     len: usize,
+    /// The dataset index of each resident image (views are keyed by it).
+    indices: Vec<u32>,
     /// `[0, 31]` reversed, for flips.
     reversed: Tensor,
 }
@@ -92,6 +94,7 @@ impl DeviceSet {
             labels: u32_tensor(labels, dev)?,
             pad,
             len: n,
+            indices: idx.to_vec(),
             reversed: u32_tensor((0..32).rev().collect(), dev)?,
         })
     }
@@ -122,7 +125,7 @@ impl DeviceSet {
         // Group the epoch's slots by view, so each group is one gather + crop (+ flip).
         let mut groups: BTreeMap<(bool, i32, i32), ViewGroup> = BTreeMap::new();
         for (slot, &image) in order.iter().take(used).enumerate() {
-            let v = random_view(aug, seed, epoch, slot);
+            let v = random_view(aug, seed, epoch, slot, self.indices[image as usize]);
             let g = groups.entry((v.flip, v.dy, v.dx)).or_default();
             g.0.push(image);
             g.1.push(slot as u32);
@@ -173,21 +176,23 @@ mod tests {
         // A subset, as the training indices are after the validation split.
         let idx: Vec<u32> = (0..n as u32).filter(|i| i % 5 != 2).collect();
         let norm = cifar_sdk::Normalization::CIFAR10.affine();
-        let aug = Augment { crop_padding: 2, flip: true };
         let set = DeviceSet::upload(&split, &idx, 2, &norm, &Device::Cpu).unwrap();
-        let (batch, steps, seed, epoch) = (8, 4, 7, 3);
-        let ep = set.epoch(seed, epoch, batch, steps, &aug).unwrap();
-        let order = epoch_order(&idx, seed, epoch);
-        for step in 0..steps {
-            let (x, y) = ep.batch(step).unwrap();
-            let start = step * batch;
-            let (hx, hy) =
-                fill(&split, &order[start..start + batch], |i| random_view(&aug, seed, epoch, start + i), &norm);
-            assert_eq!(y.to_vec1::<u32>().unwrap(), hy, "labels of batch {step}");
-            let dx = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            assert_eq!(dx.len(), batch * IMAGE_FLOATS);
-            let err = dx.iter().zip(&hx).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(err < 1e-5, "pixels of batch {step} differ by {err}");
+        let (batch, steps, seed) = (8, 4, 7);
+        for (alternate_flip, epoch) in [(false, 3), (true, 3), (true, 4)] {
+            let aug = Augment { crop_padding: 2, flip: true, alternate_flip };
+            let ep = set.epoch(seed, epoch, batch, steps, &aug).unwrap();
+            let order = epoch_order(&idx, seed, epoch);
+            for step in 0..steps {
+                let (x, y) = ep.batch(step).unwrap();
+                let start = step * batch;
+                let part = &order[start..start + batch];
+                let (hx, hy) = fill(&split, part, |i| random_view(&aug, seed, epoch, start + i, part[i]), &norm);
+                assert_eq!(y.to_vec1::<u32>().unwrap(), hy, "labels of batch {step}");
+                let dx = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert_eq!(dx.len(), batch * IMAGE_FLOATS);
+                let err = dx.iter().zip(&hx).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(err < 1e-5, "pixels of batch {step} differ by {err}");
+            }
         }
     }
 }

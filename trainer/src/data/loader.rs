@@ -30,11 +30,15 @@ pub struct Augment {
     pub crop_padding: usize,
     /// Random horizontal flip with probability 1/2.
     pub flip: bool,
+    /// airbench's alternating flip (with `flip`): each image gets a random flip bit once,
+    /// and every other epoch all bits are inverted, so consecutive epochs see both
+    /// mirror images instead of a fresh coin toss each.
+    pub alternate_flip: bool,
 }
 
 impl Default for Augment {
     fn default() -> Self {
-        Self { crop_padding: 2, flip: true }
+        Self { crop_padding: 2, flip: true, alternate_flip: false }
     }
 }
 
@@ -90,12 +94,19 @@ pub fn write_image(src: &[u8], view: View, norm: &[(f32, f32); 3], out: &mut [f3
     }
 }
 
-/// The random view of sample `position` of `epoch`.
-pub fn random_view(aug: &Augment, seed: u64, epoch: usize, position: usize) -> View {
+/// The random view of sample `position` of `epoch`, which is dataset image `image`.
+pub fn random_view(aug: &Augment, seed: u64, epoch: usize, position: usize, image: u32) -> View {
     let mut rng = ChaCha8Rng::seed_from_u64(mix(mix(seed ^ 0x5eed) ^ mix(((epoch as u64) << 32) | position as u64)));
     let p = aug.crop_padding as i32;
     let (dy, dx) = if p > 0 { (rng.gen_range(-p..=p), rng.gen_range(-p..=p)) } else { (0, 0) };
-    View { flip: aug.flip && rng.gen_bool(0.5), dy, dx }
+    let coin = rng.gen_bool(0.5);
+    let flip = if aug.alternate_flip {
+        let bit = mix(mix(seed ^ 0xf11b) ^ image as u64) & 1 == 1;
+        bit ^ (epoch % 2 == 1)
+    } else {
+        coin
+    };
+    View { flip: aug.flip && flip, dy, dx }
 }
 
 /// One prepared batch.
@@ -149,8 +160,12 @@ impl Prefetcher {
                     let t = Instant::now();
                     let start = step * plan.batch_size;
                     let idx = &plan.order[start..start + plan.batch_size];
-                    let (x, y) =
-                        fill(&split, idx, |i| random_view(&plan.augment, plan.seed, plan.epoch, start + i), &plan.norm);
+                    let (x, y) = fill(
+                        &split,
+                        idx,
+                        |i| random_view(&plan.augment, plan.seed, plan.epoch, start + i, idx[i]),
+                        &plan.norm,
+                    );
                     let batch = Batch { x, y, step, prep_secs: t.elapsed().as_secs_f64() };
                     if tx.send(batch).is_err() {
                         return; // the trainer stopped early
@@ -187,6 +202,23 @@ mod tests {
     fn split_of(n: usize) -> Split {
         let images = (0..n * IMAGE_BYTES).map(|i| (i * 7 % 251) as u8).collect();
         Split { images, labels: (0..n).map(|i| (i % 10) as u8).collect() }
+    }
+
+    #[test]
+    fn alternating_flip_mirrors_each_image_every_other_epoch() {
+        let aug = Augment { crop_padding: 2, flip: true, alternate_flip: true };
+        let flips = |epoch: usize| -> Vec<bool> {
+            // Positions differ by epoch (the order is shuffled); the flip follows the image.
+            (0..400u32).map(|img| random_view(&aug, 9, epoch, (img as usize * 7 + epoch) % 400, img).flip).collect()
+        };
+        let (e0, e1, e2) = (flips(0), flips(1), flips(2));
+        assert!(e0.iter().zip(&e1).all(|(a, b)| a != b), "odd epochs invert every image's flip");
+        assert_eq!(e0, e2, "even epochs repeat it");
+        let flipped = e0.iter().filter(|&&f| f).count();
+        assert!((150..250).contains(&flipped), "about half the images start flipped: {flipped}");
+        let plain = Augment { alternate_flip: false, ..aug };
+        let coin: Vec<bool> = (0..400u32).map(|i| random_view(&plain, 9, 1, i as usize, i).flip).collect();
+        assert!(coin.iter().zip(&e0).any(|(a, b)| a == b) && coin.iter().zip(&e0).any(|(a, b)| a != b));
     }
 
     #[test]

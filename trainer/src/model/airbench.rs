@@ -18,6 +18,9 @@ use super::{Group, ModelConfig, Network, Params};
 use crate::data::Split;
 use crate::ops::{act::Activation, bias_act, conv, pool};
 
+/// The stem bias's parameter name (frozen after `train.whiten_bias_epochs`).
+pub const WHITEN_BIAS: &str = "whiten.bias";
+
 struct ConvGroup {
     conv1: Conv,
     bn1: BatchNorm,
@@ -56,16 +59,17 @@ impl Airbench {
         // The stem bias trains with the conv weights' learning rate (not the 64x of the
         // batch-norm biases), as in airbench.
         let whiten_b =
-            params.add("whiten.bias", Tensor::zeros(WHITEN_WIDTH, candle_core::DType::F32, dev)?, Group::Weight)?;
+            params.add(WHITEN_BIAS, Tensor::zeros(WHITEN_WIDTH, candle_core::DType::F32, dev)?, Group::Weight)?;
         let mut flops = 2 * (WHITEN_WIDTH * 12 * 31 * 31) as u64;
         let mut groups = Vec::new();
         let (mut cin, mut hw) = (WHITEN_WIDTH, 31);
         for (i, &w) in cfg.widths.iter().enumerate() {
             let name = format!("group{}", i + 1);
-            let conv1 = Conv::new(&mut params, &format!("{name}.conv1"), rng, dev, (cin, w, 3), 1, 1, hw)?;
+            let init = |c: Conv| if cfg.dirac_init { c.dirac() } else { Ok(c) };
+            let conv1 = init(Conv::new(&mut params, &format!("{name}.conv1"), rng, dev, (cin, w, 3), 1, 1, hw)?)?;
             hw /= 2;
             let bn1 = BatchNorm::new(&mut params, &format!("{name}.bn1"), w, cfg, cfg.act, dev)?;
-            let conv2 = Conv::new(&mut params, &format!("{name}.conv2"), rng, dev, (w, w, 3), 1, 1, hw)?;
+            let conv2 = init(Conv::new(&mut params, &format!("{name}.conv2"), rng, dev, (w, w, 3), 1, 1, hw)?)?;
             let bn2 = BatchNorm::new(&mut params, &format!("{name}.bn2"), w, cfg, cfg.act, dev)?;
             flops += conv1.flops_per_image + conv2.flops_per_image;
             groups.push(ConvGroup { conv1, bn1, conv2, bn2 });

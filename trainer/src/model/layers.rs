@@ -40,6 +40,21 @@ impl Conv {
         Ok(Self { weight, stride, padding, flops_per_image })
     }
 
+    /// Sets the first `min(cin, cout)` filters to the identity (PyTorch's `dirac_` on
+    /// `w[:cin]`, airbench's init): each conv starts by passing its input channels
+    /// through, and the other filters keep their random init.
+    pub fn dirac(self) -> Result<Self> {
+        let (cout, cin, kh, kw) = self.weight.dims4()?;
+        let mut v = self.weight.flatten_all()?.to_vec1::<f32>()?;
+        let per = cin * kh * kw;
+        for (o, f) in v.chunks_exact_mut(per).take(cout.min(cin)).enumerate() {
+            f.fill(0.0);
+            f[o * kh * kw + (kh / 2) * kw + kw / 2] = 1.0;
+        }
+        self.weight.set(&Tensor::from_vec(v, (cout, cin, kh, kw), self.weight.device())?)?;
+        Ok(self)
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(conv::conv2d(&x.contiguous()?, &self.weight, self.stride, self.padding)?)
     }
@@ -173,5 +188,26 @@ impl Head {
             y = (y * self.scale)?;
         }
         Ok(y)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn dirac_init_makes_the_first_filters_pass_their_channel_through() {
+        let dev = Device::Cpu;
+        let mut params = Params::default();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        // More outputs than inputs: filters 0..4 become identities, 4..6 stay random.
+        let conv = Conv::new(&mut params, "c", &mut rng, &dev, (4, 6, 3), 1, 1, 5).unwrap().dirac().unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 4, 5, 5), &dev).unwrap();
+        let y = conv.forward(&x).unwrap();
+        let same = y.narrow(1, 0, 4).unwrap().sub(&x).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(same.to_scalar::<f32>().unwrap() < 1e-6);
+        let w = conv.weight.as_tensor().narrow(0, 4, 2).unwrap().abs().unwrap().sum_all().unwrap();
+        assert!(w.to_scalar::<f32>().unwrap() > 0.1, "the other filters keep their random init");
     }
 }

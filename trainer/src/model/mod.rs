@@ -48,6 +48,9 @@ pub struct ModelConfig {
     /// airbench: initialize the 2x2 stem from the eigenvectors of the patch covariance
     /// and freeze it. When false the stem is a trained conv.
     pub whiten: bool,
+    /// airbench: the first `cin` filters of each 3x3 conv start as the identity
+    /// (airbench's partial Dirac init); the rest keep PyTorch's uniform init.
+    pub dirac_init: bool,
     /// resnet: residual blocks per stage.
     pub blocks: usize,
     /// Number of classes (taken from the dataset when 0).
@@ -65,6 +68,7 @@ impl Default for ModelConfig {
             bn_scale: false,
             output_scale: 1.0 / 9.0,
             whiten: true,
+            dirac_init: false,
             blocks: 1,
             classes: 0,
         }

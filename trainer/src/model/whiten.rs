@@ -2,8 +2,9 @@
 //! patch, computed from training images instead of learned.
 //!
 //! The 12-dimensional patch vectors (3 channels x 2 x 2) of the training images have a
-//! covariance `C = V diag(l) V^T`; the filters `v_i / sqrt(l_i + eps)` map patches to
-//! unit-variance, uncorrelated features. Each filter is used with both signs (24 outputs)
+//! second-moment matrix `C = E[p p^T] = V diag(l) V^T` (not centered, as airbench: the
+//! normalized pixels are near zero-mean anyway); the filters `v_i / sqrt(l_i + eps)` map
+//! patches to unit-variance, uncorrelated features. Each filter is used with both signs (24 outputs)
 //! so that the GELU after it loses no information.
 
 use anyhow::{ensure, Result};
@@ -26,7 +27,6 @@ pub fn whitening_filters(
 ) -> Result<Vec<f32>> {
     let n = indices.len().min(max_images);
     ensure!(n > 0, "the whitening stem needs training images");
-    let mut sum = [0f64; PATCH];
     let mut outer = vec![0f64; PATCH * PATCH];
     let mut img = vec![0f32; IMAGE_FLOATS];
     let mut count = 0f64;
@@ -43,7 +43,6 @@ pub fn whitening_filters(
                     }
                 }
                 for a in 0..PATCH {
-                    sum[a] += v[a];
                     for b in a..PATCH {
                         outer[a * PATCH + b] += v[a] * v[b];
                     }
@@ -54,7 +53,7 @@ pub fn whitening_filters(
     }
     let cov = DMatrix::from_fn(PATCH, PATCH, |a, b| {
         let (a, b) = if a <= b { (a, b) } else { (b, a) };
-        outer[a * PATCH + b] / count - (sum[a] / count) * (sum[b] / count)
+        outer[a * PATCH + b] / count
     });
     let eig = SymmetricEigen::new(cov);
     let mut filters = vec![0f32; WHITEN_WIDTH * PATCH];
