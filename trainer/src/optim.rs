@@ -162,9 +162,8 @@ impl Lookahead {
     }
 
     /// Called after optimizer step number `step` (1-based count of steps done) of
-    /// `total`.
+    /// `total`, with [`Lookahead::start`] called before the first step.
     pub fn update(&mut self, params: &Params, step: usize, total: usize) -> Result<()> {
-        self.start(params)?;
         let due = step.is_multiple_of(LOOKAHEAD_EVERY);
         if !due && step < total {
             return Ok(());
