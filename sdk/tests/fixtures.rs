@@ -78,3 +78,26 @@ fn benchmark_models_keep_their_accuracy_in_int8() {
         assert!(f.compiled_accuracy > 0.75, "{family}: f32 accuracy {:.4}", f.compiled_accuracy);
     }
 }
+
+/// MACs and parameters of the configs/cpu.toml net, counted by hand layer by layer
+/// (out x cin x k x k x output pixels; weights + biases): whitening 2x2 (3 -> 24, 31x31),
+/// three groups of conv3x3 (24 -> 32 at 31x31, 32 -> 32 at 15x15; 32 -> 64 at 15x15,
+/// 64 -> 64 at 7x7; 64 -> 128 at 7x7, 128 -> 128 at 3x3), and the 128 -> 10 classifier.
+#[test]
+fn graph_cost_counts_macs_and_parameters() {
+    let model = Model::open(fixtures().join("models/cpu-int8.cifar"), &opts()).unwrap();
+    let cost = cifar_sdk::artifact::graph_cost(&model.metadata().graph).unwrap();
+    let convs: [(u64, u64, u64, u64); 7] = [
+        (24, 3, 2, 31),
+        (32, 24, 3, 31),
+        (32, 32, 3, 15),
+        (64, 32, 3, 15),
+        (64, 64, 3, 7),
+        (128, 64, 3, 7),
+        (128, 128, 3, 3),
+    ];
+    let macs: u64 = convs.iter().map(|(o, i, k, hw)| o * i * k * k * hw * hw).sum::<u64>() + 128 * 10;
+    let params: u64 = convs.iter().map(|(o, i, k, _)| o * i * k * k + o).sum::<u64>() + 128 * 10 + 10;
+    assert_eq!((cost.macs, cost.parameters), (macs, params));
+    assert_eq!(macs, 19_887_392);
+}

@@ -4,6 +4,7 @@
 //! tensors (names, packed layout, int8 quantization). The one definition of the format:
 //! the trainer writes through this module, so every file it writes is one the SDK reads.
 
+pub mod cost;
 pub mod layers;
 pub mod reader;
 pub mod schema;
@@ -12,6 +13,7 @@ pub mod writer;
 
 use sha2::{Digest, Sha256};
 
+pub use cost::{graph_cost, GraphCost};
 pub use reader::{Artifact, TensorEntry};
 pub use schema::*;
 pub use writer::{ArtifactWriter, TensorData};

@@ -176,4 +176,15 @@ pub struct Quality {
     pub calibration: String,
     /// Calibration images (int8).
     pub calibration_images: usize,
+    /// Multiply-accumulates per image ([`super::graph_cost`]); 0 in files from before
+    /// this field.
+    pub macs: u64,
+    /// Weights and biases.
+    pub parameters: u64,
+    /// For a pruned model: the unpruned model's multiply-accumulates per image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unpruned_macs: Option<u64>,
+    /// For a pruned model: the unpruned model's weights and biases.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unpruned_parameters: Option<u64>,
 }
