@@ -32,6 +32,34 @@ pub struct Config {
     pub augment: Augment,
     pub eval: EvalConfig,
     pub checkpoint: CheckpointConfig,
+    /// Where a pruned run's net came from (`trainer prune` fills it in; empty otherwise).
+    pub pruned: PruneRecord,
+}
+
+/// The provenance of a pruned net, kept in its run's config (and so in the compiled
+/// file's provenance): the parent run, the schedule, and the parent's cost.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PruneRecord {
+    /// The run that was pruned (empty: this net was not pruned).
+    pub parent: String,
+    /// The parent's `model.widths` and `model.inner_widths`.
+    pub parent_widths: Vec<usize>,
+    pub parent_inner_widths: Vec<usize>,
+    /// Channel importance criterion (`taylor`, `l1`, `bn-scale`).
+    pub method: String,
+    /// Fraction of each group's channels kept (0 when a MAC target was given).
+    pub keep: f64,
+    /// The MAC target (0 when a keep fraction was given).
+    pub target_macs: u64,
+    /// Prune-and-fine-tune rounds, and the fine-tuning epochs they share.
+    pub rounds: usize,
+    pub finetune_epochs: f64,
+    /// Kept widths are multiples of this (the kernels' output panel).
+    pub multiple: usize,
+    /// The parent's multiply-accumulates and parameters per image (compiled graph).
+    pub parent_macs: u64,
+    pub parent_parameters: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -87,6 +115,14 @@ pub struct TrainConfig {
     /// airbench: the whitening stem's bias trains only in the first this many epochs,
     /// then stays fixed (0 = it trains throughout).
     pub whiten_bias_epochs: usize,
+    /// Knowledge distillation: a finished run (its directory) whose predictions the net
+    /// also learns from, as `(1 - w) * label loss + w * T^2 * KL(teacher || net)` at
+    /// temperature T (Hinton et al.). Empty: off. `trainer prune` sets the parent here.
+    pub distill_from: String,
+    /// `w`: the weight of the distillation term.
+    pub distill_weight: f64,
+    /// `T`: the softmax temperature of the distillation term.
+    pub distill_temperature: f64,
     /// Batches prepared ahead of the step (host loader).
     pub prefetch: usize,
     /// What GPU convolutions compute in: `f32`, or `bf16`/`f16` (mixed precision:
@@ -171,6 +207,7 @@ impl Default for Config {
             augment: Augment::default(),
             eval: EvalConfig::default(),
             checkpoint: CheckpointConfig::default(),
+            pruned: PruneRecord::default(),
         }
     }
 }
@@ -202,6 +239,9 @@ impl Default for TrainConfig {
             ema_every: 5,
             lookahead: false,
             whiten_bias_epochs: 0,
+            distill_from: String::new(),
+            distill_weight: 0.5,
+            distill_temperature: 4.0,
             prefetch: 4,
             precision: ComputePrecision::F32,
             loader: LoaderKind::Auto,
@@ -322,6 +362,17 @@ impl Config {
         Ok(cfg)
     }
 
+    /// This config with `overrides` applied (checked as [`Config::resolve`] checks them).
+    pub fn with_overrides(&self, overrides: &[String]) -> Result<Config> {
+        let mut tree = toml::Value::try_from(self).context("cannot serialize the config")?;
+        for o in overrides {
+            apply_override(&mut tree, o)?;
+        }
+        let cfg: Config = tree.try_into().context("invalid config")?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
     /// Range checks that the types alone cannot express.
     pub fn check(&self) -> Result<()> {
         let t = &self.train;
@@ -342,6 +393,12 @@ impl Config {
         }
         if !(0.0..1.0).contains(&t.ema_decay) {
             bail!("train.ema_decay must be in [0, 1), got {}", t.ema_decay);
+        }
+        if !(0.0..=1.0).contains(&t.distill_weight) {
+            bail!("train.distill_weight must be in [0, 1], got {}", t.distill_weight);
+        }
+        if !(t.distill_temperature > 0.0 && t.distill_temperature.is_finite()) {
+            bail!("train.distill_temperature must be positive, got {}", t.distill_temperature);
         }
         if self.eval.batch_size == 0 {
             bail!("eval.batch_size must be at least 1");
@@ -367,6 +424,21 @@ mod tests {
         assert_eq!(c.train.epochs, 3.0);
         assert_eq!(c.device, "cpu");
         assert_eq!(c.model.widths, vec![8, 16, 32]);
+    }
+
+    /// Runs saved before per-block widths and the `[pruned]` record load unchanged.
+    #[test]
+    fn configs_from_before_pruning_load() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/runs");
+        for family in ["cpu", "resnet"] {
+            let text = std::fs::read_to_string(root.join(family).join("config.toml")).unwrap();
+            assert!(!text.contains("inner_widths") && !text.contains("[pruned]"), "{family}: an old config");
+            let c = Config::resolve(Some(&root.join(family).join("config.toml")), &[]).unwrap();
+            assert!(c.model.inner_widths.is_empty() && c.pruned.parent.is_empty());
+            assert_eq!(c.model.inner_width(2, c.model.blocks_total() - 1), c.model.widths[2]);
+        }
+        let bad = Config::resolve(None, &["model.inner_widths=[8, 8]".into()]).unwrap_err().to_string();
+        assert!(bad.contains("model.inner_widths") && bad.contains("3 positive"), "{bad}");
     }
 
     #[test]

@@ -66,10 +66,11 @@ impl Airbench {
         for (i, &w) in cfg.widths.iter().enumerate() {
             let name = format!("group{}", i + 1);
             let init = |c: Conv| if cfg.dirac_init { c.dirac() } else { Ok(c) };
-            let conv1 = init(Conv::new(&mut params, &format!("{name}.conv1"), rng, dev, (cin, w, 3), 1, 1, hw)?)?;
+            let inner = cfg.inner_width(i, i);
+            let conv1 = init(Conv::new(&mut params, &format!("{name}.conv1"), rng, dev, (cin, inner, 3), 1, 1, hw)?)?;
             hw /= 2;
-            let bn1 = BatchNorm::new(&mut params, &format!("{name}.bn1"), w, cfg, cfg.act, dev)?;
-            let conv2 = init(Conv::new(&mut params, &format!("{name}.conv2"), rng, dev, (w, w, 3), 1, 1, hw)?)?;
+            let bn1 = BatchNorm::new(&mut params, &format!("{name}.bn1"), inner, cfg, cfg.act, dev)?;
+            let conv2 = init(Conv::new(&mut params, &format!("{name}.conv2"), rng, dev, (inner, w, 3), 1, 1, hw)?)?;
             let bn2 = BatchNorm::new(&mut params, &format!("{name}.bn2"), w, cfg, cfg.act, dev)?;
             flops += conv1.flops_per_image + conv2.flops_per_image;
             groups.push(ConvGroup { conv1, bn1, conv2, bn2 });

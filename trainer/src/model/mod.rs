@@ -34,8 +34,15 @@ pub enum ModelKind {
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
     pub kind: ModelKind,
-    /// Channel widths of the three stages.
+    /// Output channels of the three stages (airbench: each group's second conv; resnet:
+    /// the residual stream of each stage, which the stem, the shortcuts and every
+    /// block's second conv share).
     pub widths: Vec<usize>,
+    /// Output channels of the first conv of each block, which nothing else shares:
+    /// airbench, one per group (`group{i}.conv1`); resnet, one per block, stage by stage
+    /// (`layer{s}.{b}.conv1`). Empty: the stage's width (an unpruned net). `trainer
+    /// prune` writes it.
+    pub inner_widths: Vec<usize>,
     /// Activation after each batch norm.
     pub act: Activation,
     /// Weight of the new batch in the running statistics (PyTorch's `momentum`).
@@ -62,6 +69,7 @@ impl Default for ModelConfig {
         Self {
             kind: ModelKind::Airbench,
             widths: vec![32, 64, 128],
+            inner_widths: Vec::new(),
             act: Activation::Gelu,
             bn_momentum: 0.4,
             bn_eps: 1e-5,
@@ -86,7 +94,29 @@ impl ModelConfig {
         if self.kind == ModelKind::Resnet && self.blocks == 0 {
             bail!("model.blocks must be at least 1");
         }
+        let blocks = self.blocks_total();
+        if !self.inner_widths.is_empty() && (self.inner_widths.len() != blocks || self.inner_widths.contains(&0)) {
+            bail!(
+                "model.inner_widths must be empty or {blocks} positive channel counts (one per {}), got {:?}",
+                if self.kind == ModelKind::Airbench { "group" } else { "residual block" },
+                self.inner_widths
+            );
+        }
         Ok(())
+    }
+
+    /// Blocks (airbench: conv groups) in the whole net.
+    pub fn blocks_total(&self) -> usize {
+        match self.kind {
+            ModelKind::Airbench => self.widths.len(),
+            ModelKind::Resnet => self.widths.len() * self.blocks,
+        }
+    }
+
+    /// Output channels of the first conv of block `b` (counted over the whole net) in
+    /// stage `stage`.
+    pub fn inner_width(&self, stage: usize, b: usize) -> usize {
+        self.inner_widths.get(b).or(self.widths.get(stage)).copied().unwrap_or(0)
     }
 }
 

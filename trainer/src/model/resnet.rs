@@ -59,9 +59,10 @@ impl ResNet {
                 let stride = if s > 0 && b == 0 { 2 } else { 1 };
                 hw = hw.div_ceil(stride);
                 let name = format!("layer{}.{b}", s + 1);
-                let conv1 = Conv::new(&mut params, &format!("{name}.conv1"), rng, dev, (cin, w, 3), stride, 1, hw)?;
-                let bn1 = BatchNorm::new(&mut params, &format!("{name}.bn1"), w, cfg, cfg.act, dev)?;
-                let conv2 = Conv::new(&mut params, &format!("{name}.conv2"), rng, dev, (w, w, 3), 1, 1, hw)?;
+                let inner = cfg.inner_width(s, s * cfg.blocks + b);
+                let conv1 = Conv::new(&mut params, &format!("{name}.conv1"), rng, dev, (cin, inner, 3), stride, 1, hw)?;
+                let bn1 = BatchNorm::new(&mut params, &format!("{name}.bn1"), inner, cfg, cfg.act, dev)?;
+                let conv2 = Conv::new(&mut params, &format!("{name}.conv2"), rng, dev, (inner, w, 3), 1, 1, hw)?;
                 let bn2 = BatchNorm::new(&mut params, &format!("{name}.bn2"), w, cfg, Activation::None, dev)?;
                 flops += conv1.flops_per_image + conv2.flops_per_image;
                 let shortcut = if stride != 1 || cin != w {
