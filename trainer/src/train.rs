@@ -144,8 +144,24 @@ impl Trainer<'_> {
     }
 }
 
-/// Trains according to `cfg` in `run`, from scratch or from `resume`.
-pub fn fit(cfg: &Config, run: &RunDir, resume: Option<Checkpoint>, quiet: bool) -> Result<Summary> {
+/// Where a training run starts.
+pub enum Start {
+    /// From the config's initialization.
+    Fresh,
+    /// From a checkpoint of this run.
+    Resume(Checkpoint),
+    /// From these weights (a pruned net's fine-tuning), with a fresh optimizer.
+    Weights(HashMap<String, Tensor>),
+}
+
+/// Trains according to `cfg` in `run`. An interrupted run fails with a message that
+/// names `resume_command`, which continues it.
+pub fn fit(cfg: &Config, run: &RunDir, start: Start, quiet: bool, resume_command: &str) -> Result<Summary> {
+    let (resume, init) = match start {
+        Start::Fresh => (None, None),
+        Start::Resume(ck) => (Some(ck), None),
+        Start::Weights(w) => (None, Some(w)),
+    };
     let (dev, why) = crate::device::select(&cfg.device)?;
     errln!("device: {why}; {} CPU threads", rayon::current_num_threads());
     let data = RunData::load(cfg)?;
@@ -168,7 +184,10 @@ pub fn fit(cfg: &Config, run: &RunDir, resume: Option<Checkpoint>, quiet: bool) 
     let setup_start = Instant::now();
     let net = build_model(cfg, &data, &dev)?;
     let setup_secs = setup_start.elapsed().as_secs_f64();
-    let opt = Stepper::for_run(&cfg.train, data.train_idx.len());
+    let mut opt = Stepper::for_run(&cfg.train, data.train_idx.len());
+    if !cfg.train.distill_from.is_empty() && cfg.train.distill_weight > 0.0 {
+        opt.teacher = Some(load_teacher(cfg, &data, &dev)?);
+    }
     errln!(
         "data: {} ({}), {} training / {} validation images; model: {:?} {:?}, {} parameters, {:.1} MFLOP/image",
         cfg.data.path,
@@ -190,6 +209,9 @@ pub fn fit(cfg: &Config, run: &RunDir, resume: Option<Checkpoint>, quiet: bool) 
         ema: Ema::new(cfg.train.ema_decay, cfg.train.ema_every),
         progress: Progress::default(),
     };
+    if let Some(w) = &init {
+        t.net.params().load(w, "")?;
+    }
     let resumed = resume.is_some();
     if let Some(ck) = resume {
         t.restore(&ck)?;
@@ -203,11 +225,7 @@ pub fn fit(cfg: &Config, run: &RunDir, resume: Option<Checkpoint>, quiet: bool) 
     }
     let (train_secs, session_train_secs) = train_loop(&mut t, quiet)?;
     if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!(
-            "interrupted: checkpoint saved at step {}; continue with `trainer fit --resume {}`",
-            t.progress.global_step,
-            run.path.display()
-        );
+        bail!("interrupted: checkpoint saved at step {}; continue with `{resume_command}`", t.progress.global_step);
     }
 
     // Final evaluation and the weights to keep.
@@ -426,6 +444,53 @@ pub fn install_interrupt_handler() {
         }
         errln!("\ninterrupt: saving a checkpoint after this step (press Ctrl-C again to quit at once)");
     });
+}
+
+/// Checks that `train.distill_from`, if set, names a finished run (before any work).
+pub fn check_teacher(cfg: &Config) -> Result<()> {
+    if cfg.train.distill_from.is_empty() {
+        return Ok(());
+    }
+    let dir = std::path::Path::new(&cfg.train.distill_from);
+    RunDir::open(dir).context("train.distill_from")?;
+    if !dir.join("model.safetensors").exists() {
+        bail!("train.distill_from: {} is not a finished run (no model.safetensors)", dir.display());
+    }
+    Ok(())
+}
+
+/// The net of the run `train.distill_from`, with its final weights, for distillation.
+fn load_teacher(cfg: &Config, data: &RunData, dev: &Device) -> Result<crate::step::Teacher> {
+    check_teacher(cfg)?;
+    let run = RunDir::open(std::path::Path::new(&cfg.train.distill_from))?;
+    let tcfg = Config::resolve(Some(&run.file("config.toml")), &[])?;
+    let net = build_model(&tcfg, data, dev)?;
+    let (weights, _) = crate::run::load_tensors(&run.file("model.safetensors"), dev)?;
+    net.params().load(&weights, "").with_context(|| format!("train.distill_from: {}", run.path.display()))?;
+    // On the CPU the teacher runs compiled; a net the compiler cannot take (say, a
+    // negative batch-norm scale before a max pool) runs in the trainer instead.
+    let compiled = if dev.is_cpu() {
+        match crate::compile::int8_in_memory(&tcfg, &net.params().snapshot(), data).and_then(|m| Ok(m.session()?)) {
+            Ok(session) => Some(session),
+            Err(e) => {
+                errln!("note: the teacher cannot be compiled ({e:#}); it runs in the trainer");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let (net, how) = match compiled {
+        Some(session) => (crate::step::TeacherNet::Sdk(session), "compiled to int8, on the SDK"),
+        None => (crate::step::TeacherNet::Trainer(net), "the trainer's forward pass"),
+    };
+    errln!(
+        "distilling from {} ({how}; weight {}, temperature {})",
+        run.path.display(),
+        cfg.train.distill_weight,
+        cfg.train.distill_temperature
+    );
+    Ok(crate::step::Teacher { net, weight: cfg.train.distill_weight, temperature: cfg.train.distill_temperature })
 }
 
 /// Loads the trained weights of a run: `model.safetensors`, or the checkpoint's (EMA

@@ -15,16 +15,6 @@ fn is_png(p: &Path) -> bool {
     image::open(p).is_ok_and(|i| i.width() > 100)
 }
 
-fn last_step(run: &Path) -> u64 {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|r| r["step"].as_u64())
-        .max()
-        .unwrap_or(0)
-}
-
 #[test]
 fn fit_writes_a_complete_run_and_eval_reports_it() {
     let tmp = tempdir();
@@ -86,6 +76,11 @@ fn bad_configs_are_refused_before_any_work() {
     fails_with(run_fit(root, &cfg, &run, &["device=tpu"]), &["unknown device"]);
     fails_with(run_fit(root, &cfg, &run, &["device=cuda"]), &["cuda", "without the `cuda` feature"]);
     fails_with(run_fit(root, &cfg, &run, &["data.path=nowhere"]), &["nowhere", "not a dataset directory"]);
+    fails_with(
+        run_fit(root, &cfg, &run, &["train.distill_from=nowhere"]),
+        &["train.distill_from", "not a run directory"],
+    );
+    fails_with(run_fit(root, &cfg, &run, &["train.distill_weight=2"]), &["train.distill_weight", "[0, 1]"]);
     let bad = root.join("bad.toml");
     std::fs::write(&bad, "[train]\nlearning_rate = 0.1\n").unwrap();
     fails_with(run_fit(root, &bad, &run, &[]), &["train.learning_rate"]);
