@@ -31,6 +31,7 @@ mod onnx_export;
 mod ops;
 mod optim;
 mod plot;
+mod prune;
 mod run;
 mod step;
 mod trace;

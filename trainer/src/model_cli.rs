@@ -277,6 +277,17 @@ pub fn inspect_command(args: InspectArgs) -> Result<()> {
             format!(" ({} calibration, {} images)", q.calibration, q.calibration_images)
         }
     )?;
+    if q.macs > 0 {
+        let was = match (q.unpruned_macs, q.unpruned_parameters) {
+            (Some(m0), Some(p0)) => format!(
+                "; pruned from {:.2} M MACs, {p0} parameters ({:.2}x fewer MACs)",
+                m0 as f64 / 1e6,
+                m0 as f64 / q.macs as f64
+            ),
+            _ => String::new(),
+        };
+        outln!("cost        {:.2} M MACs, {} parameters per image{was}", q.macs as f64 / 1e6, q.parameters)?;
+    }
     if let Some(d) = &m.drift {
         outln!("drift ref   {} images, {} features ({})", d.images, d.features.len(), d.source)?;
     }

@@ -39,10 +39,17 @@ fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
 }
 
 /// One named line of a chart.
-type Series<'a> = (&'a str, Vec<(f64, f64)>, RGBColor);
+pub type Series<'a> = (&'a str, Vec<(f64, f64)>, RGBColor);
 
-/// A line chart of `(x, y)` series.
-fn line_chart(path: &Path, title: &str, xlabel: &str, ylabel: &str, series: &[Series]) -> Result<()> {
+/// A line chart of `(x, y)` series, with `marks` (a dot and a text at a point).
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    xlabel: &str,
+    ylabel: &str,
+    series: &[Series],
+    marks: &[(f64, f64, String)],
+) -> Result<()> {
     let text = have_font();
     let pts: Vec<&(f64, f64)> = series.iter().flat_map(|s| s.1.iter()).collect();
     if pts.is_empty() {
@@ -57,6 +64,12 @@ fn line_chart(path: &Path, title: &str, xlabel: &str, ylabel: &str, series: &[Se
     }
     if x1 <= x0 {
         x1 = x0 + 1.0;
+    }
+    if !marks.is_empty() {
+        // Room for the marks' labels, which are written to the right of their points.
+        let span = x1 - x0;
+        x0 -= 0.03 * span;
+        x1 += 0.25 * span;
     }
     let pad = ((y1 - y0) * 0.05).max(1e-3);
     let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
@@ -79,6 +92,13 @@ fn line_chart(path: &Path, title: &str, xlabel: &str, ylabel: &str, series: &[Se
         if text {
             let c = *color;
             s.label(*name).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        }
+    }
+    for (x, y, label) in marks {
+        chart.draw_series(std::iter::once(Circle::new((*x, *y), 4, BLACK.filled()))).map_err(err)?;
+        if text {
+            let at = chart.backend_coord(&(*x, *y));
+            root.draw(&Text::new(label.clone(), (at.0 + 6, at.1 - 18), ("sans-serif", 14))).map_err(err)?;
         }
     }
     if text && series.len() > 1 {
@@ -112,6 +132,7 @@ pub fn training_curves(run: &RunDir) -> Result<()> {
         "step",
         "loss",
         &[("loss", steps, RGBColor(170, 190, 230)), (&format!("mean of {window}"), smooth, BLUE)],
+        &[],
     )?;
     let acc: Vec<(f64, f64)> = records
         .iter()
@@ -131,7 +152,7 @@ pub fn training_curves(run: &RunDir) -> Result<()> {
             ));
         }
     }
-    line_chart(&run.file("accuracy.png"), "validation accuracy", "epoch", "accuracy (%)", &series)
+    line_chart(&run.file("accuracy.png"), "validation accuracy", "epoch", "accuracy (%)", &series, &[])
 }
 
 /// A confusion-matrix heat map with counts.
