@@ -8,7 +8,7 @@
 #   benches/prune/curve.sh runs/<id>     # a finished `trainer fit --config configs/cpu.toml`
 #   OUT=runs/curve benches/prune/curve.sh runs/<id>
 #
-# About 40 minutes on 2 cores. Runs that already finished are kept; interrupted ones
+# About 45 minutes on 2 cores. Runs that already finished are kept; interrupted ones
 # resume.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -43,7 +43,7 @@ for run in "$parent" "$out"/cpu-0.7 "$out"/cpu-0.5 "$out"/cpu-0.35 "$out"/resnet
   compile "$run"
 done
 "$trainer" prune-curve "1.0=$parent" "0.7=$out/cpu-0.7" "0.5=$out/cpu-0.5" "0.35=$out/cpu-0.35" \
-  --png benches/prune/cpu-curve.png --json "$out/cpu-curve.json" ${CURVE_ARGS:-}
+  --png benches/prune/cpu-curve.png --json "$out/cpu-curve.json" ${CURVE_ARGS:---rounds 9 --seconds 0.5}
 # The committed ResNet run's reports and files (fixtures/models) are its compiled form.
 "$trainer" prune-curve "1.0=fixtures/runs/resnet" "0.7=$out/resnet-0.7" \
-  --png benches/prune/resnet-curve.png --json "$out/resnet-curve.json" ${CURVE_ARGS:-}
+  --png benches/prune/resnet-curve.png --json "$out/resnet-curve.json" ${CURVE_ARGS:---rounds 7}

@@ -189,13 +189,18 @@ pub fn fit(cfg: &Config, run: &RunDir, start: Start, quiet: bool, resume_command
         opt.teacher = Some(load_teacher(cfg, &data, &dev)?);
     }
     errln!(
-        "data: {} ({}), {} training / {} validation images; model: {:?} {:?}, {} parameters, {:.1} MFLOP/image",
+        "data: {} ({}), {} training / {} validation images; model: {:?} {:?}{}, {} parameters, {:.1} MFLOP/image",
         cfg.data.path,
         data.dataset.short_digest(),
         data.train_idx.len(),
         data.val_idx.len(),
         cfg.model.kind,
         cfg.model.widths,
+        if cfg.model.inner_widths.is_empty() {
+            String::new()
+        } else {
+            format!(" (inner {:?})", cfg.model.inner_widths)
+        },
         net.params().count_trainable(),
         net.flops_per_image() as f64 / 1e6
     );
@@ -464,6 +469,15 @@ fn load_teacher(cfg: &Config, data: &RunData, dev: &Device) -> Result<crate::ste
     check_teacher(cfg)?;
     let run = RunDir::open(std::path::Path::new(&cfg.train.distill_from))?;
     let tcfg = Config::resolve(Some(&run.file("config.toml")), &[])?;
+    let recorded: DatasetRef = run.read_json("dataset.json")?;
+    if recorded.digest != data.dataset.manifest.digest {
+        bail!(
+            "train.distill_from: {} was trained on dataset {}, this run trains on {}",
+            run.path.display(),
+            recorded.digest,
+            data.dataset.manifest.digest
+        );
+    }
     let net = build_model(&tcfg, data, dev)?;
     let (weights, _) = crate::run::load_tensors(&run.file("model.safetensors"), dev)?;
     net.params().load(&weights, "").with_context(|| format!("train.distill_from: {}", run.path.display()))?;

@@ -161,6 +161,8 @@ fn bad_input_is_refused_before_any_work() {
     refused(&["--keep", "0.5", "--method", "bn-scale"], &["bn_scale", "taylor"]);
     refused(&["--keep", "0.5", "--finetune-epochs", "0"], &["--finetune-epochs must be positive"]);
     refused(&["--keep", "0.5", "train.epoch=3"], &["unknown config key"]);
+    refused(&["--keep", "0.5", "model.widths=[8,8,8]"], &["model.widths", "cannot change the net"]);
+    refused(&["--keep", "0.5", "train.distill_from=nowhere"], &["train.distill_from", "not a run directory"]);
     refused(&[], &["--keep"]);
 
     // A run that has not finished.

@@ -179,12 +179,13 @@ pub struct Quality {
     /// Multiply-accumulates per image ([`super::graph_cost`]); 0 in files from before
     /// this field.
     pub macs: u64,
-    /// Weights and biases.
+    /// Weights and biases as stored (a layer without a bias stores zeros).
     pub parameters: u64,
-    /// For a pruned model: the unpruned model's multiply-accumulates per image.
+    /// For a pruned model: the multiply-accumulates per image of the model it was pruned
+    /// from (its parent run).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unpruned_macs: Option<u64>,
-    /// For a pruned model: the unpruned model's weights and biases.
+    /// For a pruned model: its parent's weights and biases.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unpruned_parameters: Option<u64>,
 }

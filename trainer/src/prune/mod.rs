@@ -57,7 +57,8 @@ pub struct PruneArgs {
     #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
     run: Option<PathBuf>,
     /// Fraction of each channel group kept, in (0, 1]; widths are then rounded to
-    /// --multiple.
+    /// --multiple, which can move them a long way in narrow layers (0.7 of 32 is 16):
+    /// `--dry-run` shows the widths and MACs.
     #[arg(long, required_unless_present_any = ["target_macs", "resume"], conflicts_with = "target_macs")]
     keep: Option<f64>,
     /// Instead of --keep: the largest uniform keep whose net has at most this many
@@ -84,8 +85,9 @@ pub struct PruneArgs {
     /// Where to write the pruned run (default runs/<time>-<parent name>-pruned).
     #[arg(long)]
     run_dir: Option<PathBuf>,
-    /// Continue an interrupted `trainer prune` in this directory.
-    #[arg(long)]
+    /// Continue an interrupted `trainer prune` in this directory (with its saved plan:
+    /// the other options cannot change it).
+    #[arg(long, conflicts_with_all = ["keep", "target_macs", "method", "finetune_epochs", "rounds", "multiple", "score_images", "run_dir"])]
     resume: Option<PathBuf>,
     /// Print the plan (each round's widths, MACs and parameters) and stop: nothing is
     /// written.
@@ -120,7 +122,8 @@ pub struct RoundPlan {
     pub inner_widths: Vec<usize>,
     pub macs: u64,
     pub parameters: u64,
-    /// The round's run directory.
+    /// The round's run directory when planned (for reading; a resume finds the rounds
+    /// under the directory it is given).
     pub dir: PathBuf,
     /// Its results, once fine-tuned.
     pub val_accuracy: Option<f64>,
@@ -139,7 +142,8 @@ pub struct Plan {
     /// The parent's training time (its summary's train_secs).
     pub parent_train_secs: f64,
     pub rounds: Vec<RoundPlan>,
-    /// Wall time of pruning and fine-tuning so far, across resumes.
+    /// Wall time of pruning and fine-tuning so far, across resumes (saved at the end of
+    /// each round and on Ctrl-C: a session killed with `kill -9` loses its share).
     pub elapsed_secs: f64,
     /// Of which scoring channels and slicing tensors.
     pub scoring_secs: f64,
@@ -173,10 +177,21 @@ fn widths_for(groups: &[ChannelGroup], keep: f64, multiple: usize) -> Result<Vec
         .collect()
 }
 
-fn role_width(cfg: &ModelConfig, role: Role) -> usize {
-    match role {
-        Role::Stage(s) => cfg.widths[s],
-        Role::Inner(b) => cfg.inner_widths[b],
+fn role_width(cfg: &ModelConfig, role: Role) -> Result<usize> {
+    let w = match role {
+        Role::Stage(s) => cfg.widths.get(s),
+        Role::Inner(b) => cfg.inner_widths.get(b),
+    };
+    w.copied().with_context(|| format!("the plan has no width for {role:?}"))
+}
+
+/// Where round `k` (0-based) of `rounds` lives: `rounds/<k+1>/` under the prune's
+/// directory, the directory itself for the last.
+fn round_dir(dir: &Path, k: usize, rounds: usize) -> PathBuf {
+    if k + 1 == rounds {
+        dir.to_path_buf()
+    } else {
+        dir.join("rounds").join((k + 1).to_string())
     }
 }
 
@@ -299,7 +314,7 @@ fn plan(args: &PruneArgs, parent: &Parent, dir: &Path) -> Result<(Plan, Config)>
         let kk = keep.powf(k as f64 / args.rounds as f64);
         let m = with_widths(pm, &groups, &widths_for(&groups, kk, args.multiple)?);
         let cost = model_cost(&m, classes)?;
-        let rdir = if k == args.rounds { dir.to_path_buf() } else { dir.join("rounds").join(k.to_string()) };
+        let rdir = round_dir(dir, k - 1, args.rounds);
         rounds.push(RoundPlan {
             keep: kk,
             widths: m.widths.clone(),
@@ -337,7 +352,16 @@ fn plan(args: &PruneArgs, parent: &Parent, dir: &Path) -> Result<(Plan, Config)>
         parent_macs: parent_cost.macs,
         parent_parameters: parent_cost.parameters,
     };
+    if let Some(o) =
+        args.overrides.iter().find(|o| o.trim_start().starts_with("model.") || o.trim_start().starts_with("data."))
+    {
+        bail!(
+            "{o:?}: the fine-tuning recipe cannot change the net or the data (they are the parent's); use --keep, \
+             --target-macs or --multiple for the widths"
+        );
+    }
     let cfg = cfg.with_overrides(&args.overrides)?;
+    train::check_teacher(&cfg)?;
     let plan = Plan {
         parent: parent.dir.clone(),
         method: args.method.name().into(),
@@ -378,7 +402,7 @@ fn prune_weights(
     net.params().load(&on_dev, "")?;
     let scores = importance::scores(method, src_cfg, &groups, &weights, Some((net.as_ref(), data, score_images, dev)))?;
     for (g, s) in groups.iter().zip(&scores) {
-        let keep = importance::top_channels(s, role_width(target, g.role));
+        let keep = importance::top_channels(s, role_width(target, g.role)?);
         slice_group(&mut weights, g, &keep)?;
     }
     Ok(weights)
@@ -410,8 +434,10 @@ pub fn prune_command(args: PruneArgs, quiet: bool) -> Result<()> {
         }
         None => {
             let run = args.run.as_ref().context("pass --run DIR (or --resume DIR)")?;
+            // The thread count is set once, before any work: the parent's, or an override's.
+            let recipe = Config::resolve(Some(&RunDir::open(run)?.file("config.toml")), &[])?;
+            crate::device::set_threads(recipe.with_overrides(&args.overrides).map_or(recipe.threads, |c| c.threads));
             let parent = open_parent(run)?;
-            crate::device::set_threads(parent.cfg.threads);
             let dir = match &args.run_dir {
                 Some(d) => d.clone(),
                 None => PathBuf::from("runs").join(format!("{}-{}-pruned", crate::cli::timestamp(), parent.cfg.name)),
@@ -445,12 +471,25 @@ pub fn prune_command(args: PruneArgs, quiet: bool) -> Result<()> {
         dir.display()
     );
     let resume_command = format!("trainer prune --resume {}", dir.display());
-    for k in 0..plan.rounds.len() {
+    let rounds = plan.rounds.len();
+    let mut worked = false;
+    for k in 0..rounds {
         let r = plan.rounds[k].clone();
         let rcfg = round_config(&cfg, &r);
-        let run = RunDir { path: r.dir.clone() };
+        let run = RunDir { path: round_dir(&dir, k, rounds) };
         if run.file("model.safetensors").exists() && run.file("summary.json").exists() {
+            // Done, perhaps by a session that died before it updated the plan.
+            if plan.rounds[k].val_accuracy.is_none() {
+                let s: Summary = run.read_json("summary.json")?;
+                let done = &mut plan.rounds[k];
+                (done.val_accuracy, done.val_accuracy_tta, done.train_secs) =
+                    (Some(s.val_accuracy), Some(s.val_accuracy_tta), Some(s.train_secs));
+                save_plan(&dir, &plan)?;
+            }
             continue;
+        }
+        if train::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+            bail!("interrupted before round {}; continue with `{resume_command}`", k + 1);
         }
         errln!(
             "round {}/{}: widths {:?}, inner {:?}: {:.2} M MACs ({:.2}x fewer), {} parameters",
@@ -462,26 +501,32 @@ pub fn prune_command(args: PruneArgs, quiet: bool) -> Result<()> {
             plan.parent_macs as f64 / r.macs.max(1) as f64,
             r.parameters
         );
-        let start = match Checkpoint::load(&run.checkpoint_path(), &dev) {
-            Ok(ck) if r.dir.join("config.toml").exists() => Start::Resume(ck),
-            _ => {
-                let t0 = Instant::now();
-                let (src_cfg, src_weights) = if k == 0 {
-                    (parent.cfg.clone(), parent.weights.clone())
-                } else {
-                    let prev = &plan.rounds[k - 1];
-                    let (w, _) = crate::run::load_tensors(&prev.dir.join("model.safetensors"), &Device::Cpu)?;
-                    (round_config(&cfg, prev), w)
-                };
-                let weights =
-                    prune_weights(method, &src_cfg, &src_weights, &rcfg.model, &parent.data, plan.score_images, &dev)?;
-                plan.scoring_secs += t0.elapsed().as_secs_f64();
-                std::fs::create_dir_all(run.path.join("checkpoints"))?;
-                cifar_sdk::write_atomic(&run.file("config.toml"), rcfg.to_toml()?.as_bytes())?;
-                let _ = std::fs::remove_file(run.file("metrics.jsonl"));
-                Start::Weights(weights)
+        let start = if run.checkpoint_path().exists() && run.file("config.toml").exists() {
+            Start::Resume(Checkpoint::load(&run.checkpoint_path(), &dev)?)
+        } else {
+            let t0 = Instant::now();
+            let (src_cfg, src_weights) = if k == 0 {
+                (parent.cfg.clone(), parent.weights.clone())
+            } else {
+                let prev = &plan.rounds[k - 1];
+                let prev_dir = round_dir(&dir, k - 1, rounds);
+                let (w, _) = crate::run::load_tensors(&prev_dir.join("model.safetensors"), &Device::Cpu)?;
+                (round_config(&cfg, prev), w)
+            };
+            let weights =
+                prune_weights(method, &src_cfg, &src_weights, &rcfg.model, &parent.data, plan.score_images, &dev)?;
+            plan.scoring_secs += t0.elapsed().as_secs_f64();
+            if train::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+                plan.elapsed_secs = base + session.elapsed().as_secs_f64();
+                save_plan(&dir, &plan)?;
+                bail!("interrupted while scoring channels; continue with `{resume_command}`");
             }
+            std::fs::create_dir_all(run.path.join("checkpoints"))?;
+            cifar_sdk::write_atomic(&run.file("config.toml"), rcfg.to_toml()?.as_bytes())?;
+            let _ = std::fs::remove_file(run.file("metrics.jsonl"));
+            Start::Weights(weights)
         };
+        worked = true;
         let result = train::fit(&rcfg, &run, start, quiet, &resume_command);
         plan.elapsed_secs = base + session.elapsed().as_secs_f64();
         if let Ok(s) = &result {
@@ -493,8 +538,10 @@ pub fn prune_command(args: PruneArgs, quiet: bool) -> Result<()> {
         save_plan(&dir, &plan)?;
         result?;
     }
-    plan.elapsed_secs = base + session.elapsed().as_secs_f64();
-    save_plan(&dir, &plan)?;
+    if worked {
+        plan.elapsed_secs = base + session.elapsed().as_secs_f64();
+        save_plan(&dir, &plan)?;
+    }
     report(&plan)?;
     outln!("run directory: {} (compile it with `trainer compile --run {0}`)", dir.display())?;
     Ok(())
