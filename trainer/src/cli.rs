@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, Tta};
 use crate::data::{self, cifar_bin, image_folder, Dataset, Source};
-use crate::run::{Checkpoint, DatasetRef, RunDir};
+use crate::run::{Checkpoint, RunDir};
 use crate::{device, eval, plot, train};
 
 /// Train CIFAR-10-style image classifiers on the CPU (or a CUDA GPU) with candle.
@@ -490,16 +490,7 @@ fn eval_command(args: EvalArgs) -> Result<()> {
     device::set_threads(cfg.threads);
     let (dev, why) = device::select(&cfg.device)?;
     let data = train::RunData::load(&cfg)?;
-    let recorded: DatasetRef = run.read_json("dataset.json")?;
-    if recorded.digest != data.dataset.manifest.digest {
-        bail!(
-            "{} was trained on dataset {} but {} now holds {}",
-            run.path.display(),
-            recorded.digest,
-            cfg.data.path,
-            data.dataset.manifest.digest
-        );
-    }
+    run.check_dataset(&cfg.data.path, &data.dataset.manifest.digest)?;
     let net = train::build_model(&cfg, &data, &dev)?;
     let (weights, which) = train::load_run_weights(&run, &dev)?;
     net.params().load(&weights, "")?;

@@ -115,6 +115,17 @@ impl RunDir {
         serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", p.display()))
     }
 
+    /// Checks that this run was trained on the dataset whose digest is `digest` (loaded
+    /// from `path`): its weights are only meaningful there, and its validation split must
+    /// be the one it held out.
+    pub fn check_dataset(&self, path: &str, digest: &str) -> Result<()> {
+        let recorded: DatasetRef = self.read_json("dataset.json")?;
+        if recorded.digest != digest {
+            bail!("{} was trained on dataset {} but {path} holds {digest}", self.path.display(), recorded.digest);
+        }
+        Ok(())
+    }
+
     /// Appends one record to `metrics.jsonl`.
     pub fn log(&self, record: &serde_json::Value) -> Result<()> {
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(self.file("metrics.jsonl"))?;

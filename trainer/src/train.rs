@@ -469,15 +469,7 @@ fn load_teacher(cfg: &Config, data: &RunData, dev: &Device) -> Result<crate::ste
     check_teacher(cfg)?;
     let run = RunDir::open(std::path::Path::new(&cfg.train.distill_from))?;
     let tcfg = Config::resolve(Some(&run.file("config.toml")), &[])?;
-    let recorded: DatasetRef = run.read_json("dataset.json")?;
-    if recorded.digest != data.dataset.manifest.digest {
-        bail!(
-            "train.distill_from: {} was trained on dataset {}, this run trains on {}",
-            run.path.display(),
-            recorded.digest,
-            data.dataset.manifest.digest
-        );
-    }
+    run.check_dataset(&cfg.data.path, &data.dataset.manifest.digest).context("train.distill_from")?;
     let net = build_model(&tcfg, data, dev)?;
     let (weights, _) = crate::run::load_tensors(&run.file("model.safetensors"), dev)?;
     net.params().load(&weights, "").with_context(|| format!("train.distill_from: {}", run.path.display()))?;

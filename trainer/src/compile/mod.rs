@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::config::{Config, Tta};
 use crate::data::Split;
-use crate::run::{DatasetRef, RunDir};
+use crate::run::RunDir;
 use crate::{eval, train};
 
 /// What to compile.
@@ -143,16 +143,8 @@ pub fn compile(opts: &CompileOptions) -> Result<CompileReport> {
     let run = RunDir::open(&opts.run)?;
     let cfg = Config::resolve(Some(&run.file("config.toml")), &[])?;
     let data = train::RunData::load(&cfg)?;
-    let recorded: DatasetRef = run.read_json("dataset.json")?;
     let digest = data.dataset.manifest.digest.clone();
-    if recorded.digest != digest {
-        bail!(
-            "{} was trained on dataset {} but {} now holds {digest}",
-            run.path.display(),
-            recorded.digest,
-            cfg.data.path
-        );
-    }
+    run.check_dataset(&cfg.data.path, &digest)?;
     let dev = Device::Cpu;
     let net = train::build_model(&cfg, &data, &dev)?;
     let (weights, which) = train::load_run_weights(&run, &dev)?;

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, PruneRecord};
 use crate::model::{self, ModelConfig};
-use crate::run::{Checkpoint, DatasetRef, RunDir, Summary};
+use crate::run::{Checkpoint, RunDir, Summary};
 use crate::train::{self, RunData, Start};
 use groups::{channel_groups, check_shapes, slice_group, with_widths, ChannelGroup, Role};
 use importance::Method;
@@ -255,16 +255,7 @@ fn open_parent(dir: &Path) -> Result<Parent> {
     }
     let cfg = Config::resolve(Some(&run.file("config.toml")), &[])?;
     let data = RunData::load(&cfg)?;
-    let recorded: DatasetRef = run.read_json("dataset.json")?;
-    if recorded.digest != data.dataset.manifest.digest {
-        bail!(
-            "{} was trained on dataset {} but {} now holds {}",
-            dir.display(),
-            recorded.digest,
-            cfg.data.path,
-            data.dataset.manifest.digest
-        );
-    }
+    run.check_dataset(&cfg.data.path, &data.dataset.manifest.digest)?;
     let (weights, _) = crate::run::load_tensors(&run.file("model.safetensors"), &Device::Cpu)?;
     // The weights must be the net the config describes, tensor for tensor.
     let classes = if cfg.model.classes > 0 { cfg.model.classes } else { data.classes() };
