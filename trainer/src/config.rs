@@ -132,6 +132,11 @@ pub struct TrainConfig {
     /// (the whole training split resident on the device, augmented there each epoch), or
     /// `auto` (device on a GPU, host on the CPU).
     pub loader: LoaderKind,
+    /// One training step and one evaluation batch on a throw-away copy of the net and
+    /// made-up images, before the timer starts (airbench's warm-up run plays this role):
+    /// on a GPU it loads the kernels and lets cuDNN choose its algorithms, which would
+    /// otherwise land in `timed_secs`. `auto`: on a GPU only. It changes no result.
+    pub warm_up: WarmUp,
 }
 
 /// The dtype GPU convolutions compute in.
@@ -162,6 +167,16 @@ pub enum LoaderKind {
     Auto,
     Host,
     Device,
+}
+
+/// Whether `fit` runs a warm-up step before its timed window.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WarmUp {
+    #[default]
+    Auto,
+    On,
+    Off,
 }
 
 /// Test-time augmentation.
@@ -245,6 +260,7 @@ impl Default for TrainConfig {
             prefetch: 4,
             precision: ComputePrecision::F32,
             loader: LoaderKind::Auto,
+            warm_up: WarmUp::Auto,
         }
     }
 }

@@ -62,6 +62,9 @@ pub struct Summary {
     /// training split to the device. This session only (a resumed run restarts it).
     #[serde(default)]
     pub timed_secs: f64,
+    /// The warm-up before the timed window (`train.warm_up`); 0 when there was none.
+    #[serde(default)]
+    pub warmup_secs: f64,
     pub images_per_sec: f64,
     pub val_accuracy: f64,
     pub val_accuracy_tta: f64,

@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::config::{Config, LoaderKind, Tta};
+use crate::config::{Config, LoaderKind, Tta, WarmUp};
 use crate::data::device_loader::{DeviceEpoch, DeviceSet};
 use crate::data::loader::{epoch_order, EpochPlan, Prefetcher};
 use crate::data::{Dataset, Split};
@@ -181,6 +181,15 @@ pub fn fit(cfg: &Config, run: &RunDir, start: Start, quiet: bool, resume_command
         crate::ops::set_compute_dtype(cfg.train.precision.dtype());
         errln!("GPU convolutions compute in {:?} (cuDNN)", cfg.train.precision);
     }
+    let warm = match cfg.train.warm_up {
+        WarmUp::On => true,
+        WarmUp::Off => false,
+        WarmUp::Auto => dev.is_cuda(),
+    };
+    let warmup_secs = if warm { warm_up(cfg, &data, &dev)? } else { 0.0 };
+    if warm {
+        errln!("warm-up: one step and one evaluation batch in {warmup_secs:.2}s (not timed)");
+    }
     let setup_start = Instant::now();
     let net = build_model(cfg, &data, &dev)?;
     let setup_secs = setup_start.elapsed().as_secs_f64();
@@ -254,6 +263,7 @@ pub fn fit(cfg: &Config, run: &RunDir, start: Start, quiet: bool, resume_command
         steps: t.progress.global_step,
         train_secs,
         timed_secs: setup_secs + session_train_secs + eval_secs,
+        warmup_secs,
         images_per_sec: images as f64 / train_secs.max(1e-9),
         val_accuracy: plain.accuracy,
         val_accuracy_tta: with_tta.accuracy,
@@ -269,6 +279,40 @@ pub fn fit(cfg: &Config, run: &RunDir, start: Start, quiet: bool, resume_command
         errln!("warning: could not draw the training curves: {e:#}");
     }
     Ok(summary)
+}
+
+/// `train.warm_up`: one training step on made-up images and one evaluation batch, on a
+/// throw-away net built as the run's will be, so that kernel loading and cuDNN's
+/// algorithm choice happen before the timed window. Returns its seconds. The run's own
+/// net, optimizer and data order are untouched (the images come from a fixed host
+/// generator, not the device's random state).
+fn warm_up(cfg: &Config, data: &RunData, dev: &Device) -> Result<f64> {
+    let start = Instant::now();
+    let net = build_model(cfg, data, dev)?;
+    let mut opt = Stepper::for_run(&cfg.train, data.train_idx.len());
+    let b = cfg.train.batch_size;
+    let mut state = 0x9e37_79b9u32;
+    let x: Vec<f32> = (0..b * 3 * 32 * 32)
+        .map(|_| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        })
+        .collect();
+    let classes = data.classes().max(1);
+    let y: Vec<u32> = (0..b).map(|i| (i % classes) as u32).collect();
+    let x = Tensor::from_vec(x, (b, 3, 32, 32), dev)?;
+    let y = Tensor::from_vec(y, b, dev)?;
+    let out = opt.step(net.as_ref(), &x, &y, 0).context("the warm-up step")?;
+    if !out.loss.is_finite() {
+        bail!("the warm-up step's loss is {} on made-up images", out.loss);
+    }
+    let n = data.val_idx.len().min(cfg.eval.batch_size);
+    if let Some(idx) = data.val_idx.get(..n).filter(|i| !i.is_empty()) {
+        eval::evaluate(net.as_ref(), &data.split, idx, cfg.eval.tta, cfg.eval.batch_size, dev)
+            .context("the warm-up evaluation")?;
+    }
+    dev.synchronize()?;
+    Ok(start.elapsed().as_secs_f64())
 }
 
 /// Where one epoch's batches come from.

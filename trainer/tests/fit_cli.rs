@@ -125,7 +125,8 @@ fn resume_after_kill_9_reproduces_the_uninterrupted_run() {
         .replace("epochs = 3", "epochs = 4\nlookahead = true\nwhiten_bias_epochs = 2");
     std::fs::write(&cfg, text.replace("widths = [8, 16, 16]", "widths = [8, 16, 16]\ndirac_init = true")).unwrap();
     let full = root.join("runs/full");
-    ok(run_fit(root, &cfg, &full, &[]));
+    // The uninterrupted run also warms up (as on a GPU): that must change nothing.
+    ok(run_fit(root, &cfg, &full, &["train.warm_up=on"]));
 
     let cut = root.join("runs/cut");
     kill_after(root, &cfg, &cut, 27); // in the middle of the second epoch
@@ -139,6 +140,8 @@ fn resume_after_kill_9_reproduces_the_uninterrupted_run() {
     assert_eq!(a["val_accuracy"], b["val_accuracy"], "same accuracy");
     assert_eq!(a["val_accuracy_tta"], b["val_accuracy_tta"]);
     assert_eq!(b["resumed"], true);
+    assert!(a["warmup_secs"].as_f64().unwrap() > 0.0, "{a}");
+    assert_eq!(b["warmup_secs"].as_f64(), Some(0.0), "no warm-up on the CPU by default");
     // Not just the same accuracy: the same weights, bit for bit.
     assert_eq!(
         std::fs::read(full.join("model.safetensors")).unwrap(),
