@@ -26,6 +26,8 @@ scripts/cuda-check.sh
 cargo test --locked -p cifar-sdk
 # The C ABI: libraries, symbol list, C/C++/Python tests (valgrind, static + shared).
 scripts/test-bindings.sh
+# cifar-serve driven by the real Triton client (tritonclient from PyPI), HTTP and gRPC.
+scripts/test-triton.sh
 # The speed regression gate: this commit's benchmarks against the previous commit's,
 # interleaved in this job; fails on a slowdown beyond threshold + measured noise.
 scripts/bench-gate.sh

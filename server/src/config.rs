@@ -7,12 +7,15 @@ use std::time::Duration;
 
 use clap::Parser;
 
-/// cifar-serve: serves a compiled `.cifar` classifier over HTTP.
+/// cifar-serve: serves a compiled `.cifar` classifier over HTTP and gRPC.
 ///
 /// Endpoints: the Open Inference Protocol v2 (`/v2/...`, with the binary tensor data and
-/// classification extensions, and the model repository `load` call), `POST /v1/classify`
-/// for image files, a web page at `/`, Prometheus metrics at `/metrics` and the input
-/// drift report at `/v1/drift`.
+/// classification extensions, model configuration and statistics in Triton's shapes, and
+/// the model repository `load` call), the same over gRPC with `--grpc-addr`,
+/// `POST /v1/classify` for image files, a web page at `/`, Prometheus metrics at
+/// `/metrics` (text format 0.0.4, Triton's names; `?format=openmetrics` for OpenMetrics)
+/// and the input drift report at `/v1/drift`. Access control: `--api-key-file`,
+/// `--admin-key-file`; TLS: `--tls-cert`, `--tls-key`.
 ///
 /// Signals: SIGHUP reloads the model file (validated first; a bad file is rejected and the
 /// old model keeps serving); SIGTERM and Ctrl-C stop accepting connections and finish the
@@ -34,10 +37,42 @@ pub struct Config {
     #[arg(long, env = "CIFAR_SERVE_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
 
+    /// Also serve the Open Inference Protocol over gRPC (Triton's `GRPCInferenceService`,
+    /// as tritonclient.grpc speaks it) on this address, e.g. `127.0.0.1:8001`. It shares
+    /// the queue, batching, limits, metrics, drift monitor, keys and TLS with HTTP.
+    #[arg(long, env = "CIFAR_SERVE_GRPC_ADDR", value_name = "ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+
     /// Once listening, write the bound address (e.g. `127.0.0.1:43117`) to this file
-    /// (written atomically). Lets scripts and tests use `--addr 127.0.0.1:0`.
+    /// (written atomically), and the gRPC address on a second line when `--grpc-addr` is
+    /// set. Lets scripts and tests use port 0.
     #[arg(long, env = "CIFAR_SERVE_READY_FILE", value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
+
+    /// A file holding the API key (one line): inference, model metadata, configuration,
+    /// statistics and drift then need `Authorization: Bearer <key>` (gRPC: the
+    /// `authorization` metadata), else 401 / UNAUTHENTICATED. Health checks, the server
+    /// metadata, the web page and `/metrics` stay open (see `--auth-metrics`).
+    #[arg(long, env = "CIFAR_SERVE_API_KEY_FILE", value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// A file holding the admin key: the repository calls (index, load, unload) then
+    /// need it, and the API key does not suffice. Without it, they need the API key.
+    #[arg(long, env = "CIFAR_SERVE_ADMIN_KEY_FILE", value_name = "FILE")]
+    pub admin_key_file: Option<PathBuf>,
+
+    /// `/metrics` needs the API key too.
+    #[arg(long, env = "CIFAR_SERVE_AUTH_METRICS")]
+    pub auth_metrics: bool,
+
+    /// TLS certificate chain (PEM): HTTP and gRPC then speak only TLS (HTTPS, and gRPC
+    /// over TLS with ALPN h2). Needs `--tls-key`.
+    #[arg(long, env = "CIFAR_SERVE_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of `--tls-cert` (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "CIFAR_SERVE_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 
     /// Device policy: `auto` (GPU when usable, else CPU, saying why), `cpu`, `gpu` (fail
     /// without a usable GPU) or `gpu-or-cpu`.

@@ -53,7 +53,12 @@ pub fn body_or_error(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
 }
 
 /// Queues the images and waits for the logits; records success or failure.
-async fn run_job(state: &AppState, model: &Arc<ServedModel>, pixels: Pixels, images: usize) -> ApiResult<JobOutput> {
+pub async fn run_job(
+    state: &AppState,
+    model: &Arc<ServedModel>,
+    pixels: Pixels,
+    images: usize,
+) -> ApiResult<JobOutput> {
     let started = Instant::now();
     let (reply, answer) = oneshot::channel();
     let job = Job { model: model.clone(), pixels, images, enqueued: started, reply };

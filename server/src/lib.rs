@@ -4,17 +4,24 @@
 //! - [`repository`]: the served model and its atomic reload.
 //! - [`batcher`]: the bounded queue and the inference workers (dynamic batching).
 //! - [`oip`]: the Open Inference Protocol v2 wire format.
-//! - [`infer`] and [`routes`]: the HTTP endpoints.
+//! - [`infer`] and [`routes`]: the HTTP endpoints; [`grpc`]: the same over gRPC.
+//! - [`model_config`] and [`stats`]: model configuration and statistics in Triton's shapes.
+//! - [`auth`]: API and admin keys; [`listen`]: the accept loop, plain or TLS.
 //! - [`telemetry`] and [`drift`]: Prometheus metrics and input drift monitoring.
 
+pub mod auth;
 pub mod batcher;
 pub mod config;
 pub mod drift;
 pub mod error;
+pub mod grpc;
 pub mod infer;
+pub mod listen;
+pub mod model_config;
 pub mod oip;
 pub mod repository;
 pub mod routes;
+pub mod stats;
 pub mod telemetry;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,6 +48,8 @@ pub struct Shared {
     pub batcher: Batcher,
     /// Metrics and drift.
     pub telemetry: Arc<Telemetry>,
+    /// API and admin keys.
+    pub keys: auth::Keys,
     /// Set once shutdown has begun (readiness turns 503).
     pub shutting_down: AtomicBool,
 }
@@ -68,6 +77,11 @@ pub async fn reload(state: &AppState, trigger: &str) -> Result<Arc<ServedModel>,
 
 /// Opens the model, starts the workers, listens, and serves until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let keys = auth::Keys::load(&config)?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(listen::tls_acceptor(cert, key)?),
+        _ => None,
+    };
     let (workers, threads) = config.worker_threads();
     let options = ModelOptions { device: config.device, threads, max_batch: config.max_batch as usize };
     let repository = Repository::open(config.model.clone(), config.served_name(), options)
@@ -101,34 +115,56 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.addr))?;
     let addr = listener.local_addr().context("cannot read the bound address")?;
+    let grpc_listener = match config.grpc_addr {
+        Some(a) => {
+            Some(tokio::net::TcpListener::bind(a).await.with_context(|| format!("cannot listen on {a} (gRPC)"))?)
+        }
+        None => None,
+    };
+    let grpc_addr =
+        grpc_listener.as_ref().map(|l| l.local_addr()).transpose().context("cannot read the gRPC address")?;
+    let loopback_only = addr.ip().is_loopback() && grpc_addr.is_none_or(|a| a.ip().is_loopback());
+    if !keys.any() && !loopback_only {
+        tracing::warn!(
+            "listening beyond loopback without --api-key-file: anyone who reaches the port can infer and reload"
+        );
+    }
     let state: AppState =
-        Arc::new(Shared { config, repository, batcher, telemetry, shutting_down: AtomicBool::new(false) });
+        Arc::new(Shared { config, repository, batcher, telemetry, keys, shutting_down: AtomicBool::new(false) });
     spawn_sighup_reloader(state.clone());
-    tracing::info!(%addr, workers, threads, max_batch = policy.max_batch, "listening on http://{addr}/");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, workers, threads, max_batch = policy.max_batch, "listening on {scheme}://{addr}/");
+    if let Some(g) = grpc_addr {
+        tracing::info!(addr = %g, tls = tls.is_some(), "gRPC (inference.GRPCInferenceService) on {g}");
+    }
     if let Some(path) = &state.config.ready_file {
-        cifar_sdk::write_atomic(path, addr.to_string().as_bytes())
+        let mut text = addr.to_string();
+        if let Some(g) = grpc_addr {
+            text.push('\n');
+            text.push_str(&g.to_string());
+        }
+        cifar_sdk::write_atomic(path, text.as_bytes())
             .with_context(|| format!("cannot write the ready file {}", path.display()))?;
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let signal_state = state.clone();
-    let shutdown = async move {
+    tokio::spawn(async move {
         wait_for_stop_signal().await;
         signal_state.shutting_down.store(true, Ordering::SeqCst);
         tracing::info!("shutting down: no new connections; finishing the requests in flight");
         let _ = stop_tx.send(true);
-    };
-    let grace = Duration::from_secs(state.config.shutdown_grace_s);
-    let app = routes::router(state.clone());
-    // Small answers go out at once instead of waiting for Nagle's algorithm.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY: {e}");
-        }
     });
-    let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    let grace = Duration::from_secs(state.config.shutdown_grace_s);
+    let http = listen::serve(listener, routes::router(state.clone()), tls.clone(), stop_rx.clone());
+    let grpc_stop = stop_rx.clone();
+    let grpc = async {
+        if let Some(l) = grpc_listener {
+            listen::serve(l, grpc::router(state.clone()), tls.clone(), grpc_stop).await;
+        }
+    };
     let mut stop_rx = stop_rx;
     tokio::select! {
-        result = serve => result.context("the server failed")?,
+        _ = async { tokio::join!(http, grpc) } => {},
         _ = async {
             let _ = stop_rx.wait_for(|&stopped| stopped).await;
             tokio::time::sleep(grace).await;

@@ -22,6 +22,10 @@ pub const INPUT_UINT8: &str = "images";
 pub const INPUT_FP32: &str = "input";
 /// The outputs every model has.
 pub const OUTPUTS: [&str; 2] = ["logits", "probabilities"];
+/// The server's name in the server metadata.
+pub const SERVER_NAME: &str = "cifar-serve";
+/// The protocol extensions the server speaks (server metadata).
+pub const EXTENSIONS: [&str; 4] = ["binary_tensor_data", "classification", "model_repository", "statistics"];
 
 #[derive(Debug, Deserialize)]
 struct RequestJson {
@@ -120,6 +124,138 @@ pub struct InferRequest {
     pub outputs: Vec<OutputSpec>,
 }
 
+/// One input tensor, from either wire format (JSON/binary over HTTP, protobuf over gRPC).
+#[derive(Debug)]
+pub struct InputTensor<'a> {
+    /// The tensor's name (only quoted in errors: the datatype and shape say which input).
+    pub name: &'a str,
+    /// `UINT8` or `FP32`.
+    pub datatype: &'a str,
+    /// `[N, H, W, 3]` for UINT8, `[N, 3, H, W]` for FP32.
+    pub shape: &'a [i64],
+    /// The values.
+    pub data: InputData<'a>,
+}
+
+/// Where an input tensor's values are.
+#[derive(Debug)]
+pub enum InputData<'a> {
+    /// JSON numbers, flattened.
+    Numbers(&'a [f64]),
+    /// Little-endian bytes, row-major (binary tensor data, `raw_input_contents`).
+    Raw(&'a [u8]),
+    /// gRPC `uint_contents` (UINT8 values).
+    Uint(&'a [u32]),
+    /// gRPC `fp32_contents`.
+    Fp32(&'a [f32]),
+    /// No values were sent.
+    Missing,
+}
+
+/// The images of an input tensor: its shape checked against the model and the batch
+/// limit, its values against its datatype. Returns `(images, pixels)`.
+pub fn input_pixels(input: &InputTensor, model: &ServedModel, max_images: usize) -> ApiResult<(usize, Pixels)> {
+    let [c, h, w] = model.input_shape();
+    let what = format!("input `{}`", input.name);
+    let (images, uint8) = match (input.datatype, input.shape) {
+        ("UINT8", &[n, sh, sw, sc]) if [sh, sw, sc] == [h as i64, w as i64, c as i64] => (n, true),
+        ("FP32", &[n, sc, sh, sw]) if [sc, sh, sw] == [c as i64, h as i64, w as i64] => (n, false),
+        ("UINT8" | "FP32", shape) => {
+            return Err(ApiError::bad_request(format!(
+                "{what}: shape {shape:?} does not fit the model: UINT8 must be [N, {h}, {w}, {c}] and FP32 [N, {c}, {h}, {w}]"
+            )))
+        }
+        (dt, _) => {
+            return Err(ApiError::bad_request(format!("{what}: datatype {dt} is not supported (UINT8 or FP32)")))
+        }
+    };
+    if images < 1 || images as u64 > max_images as u64 {
+        return Err(ApiError::bad_request(format!("{what}: batch size {images} is outside 1..={max_images}")));
+    }
+    let images = images as usize;
+    let count = images * c * h * w;
+    let count_error =
+        |n: usize| ApiError::bad_request(format!("{what}: {n} values for shape {:?} ({count} expected)", input.shape));
+    let not_finite = || ApiError::bad_request(format!("{what}: FP32 data contains NaN or infinity"));
+    let pixels = match (&input.data, uint8) {
+        (InputData::Raw(bytes), _) => {
+            let elem = if uint8 { 1 } else { 4 };
+            if bytes.len() != count * elem {
+                return Err(ApiError::bad_request(format!(
+                    "{what}: {} bytes of raw data for shape {:?} {} ({} expected)",
+                    bytes.len(),
+                    input.shape,
+                    input.datatype,
+                    count * elem
+                )));
+            }
+            if uint8 {
+                Pixels::Rgb8(bytes.to_vec())
+            } else {
+                let values: Vec<f32> =
+                    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                if values.iter().any(|v| !v.is_finite()) {
+                    return Err(not_finite());
+                }
+                Pixels::Nchw(values)
+            }
+        }
+        (InputData::Numbers(values), true) => {
+            if values.len() != count {
+                return Err(count_error(values.len()));
+            }
+            let mut px = Vec::with_capacity(count);
+            for (i, &v) in values.iter().enumerate() {
+                if !(0.0..=255.0).contains(&v) || v.fract() != 0.0 {
+                    return Err(ApiError::bad_request(format!("{what}: value {v} at {i} is not a UINT8")));
+                }
+                px.push(v as u8);
+            }
+            Pixels::Rgb8(px)
+        }
+        (InputData::Numbers(values), false) => {
+            if values.len() != count {
+                return Err(count_error(values.len()));
+            }
+            let values: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+            if values.iter().any(|v| !v.is_finite()) {
+                return Err(ApiError::bad_request(format!("{what}: a value does not fit in FP32")));
+            }
+            Pixels::Nchw(values)
+        }
+        (InputData::Uint(values), true) => {
+            if values.len() != count {
+                return Err(count_error(values.len()));
+            }
+            let mut px = Vec::with_capacity(count);
+            for (i, &v) in values.iter().enumerate() {
+                px.push(
+                    u8::try_from(v)
+                        .map_err(|_| ApiError::bad_request(format!("{what}: value {v} at {i} is not a UINT8")))?,
+                );
+            }
+            Pixels::Rgb8(px)
+        }
+        (InputData::Fp32(values), false) => {
+            if values.len() != count {
+                return Err(count_error(values.len()));
+            }
+            if values.iter().any(|v| !v.is_finite()) {
+                return Err(not_finite());
+            }
+            Pixels::Nchw(values.to_vec())
+        }
+        (InputData::Uint(_), false) | (InputData::Fp32(_), true) => {
+            return Err(ApiError::bad_request(format!(
+                "{what}: its contents do not match its datatype {} (uint_contents for UINT8, fp32_contents for FP32)",
+                input.datatype
+            )))
+        }
+        (InputData::Missing, _) => return Err(ApiError::bad_request(format!("{what} has no data"))),
+    };
+    Ok((images, pixels))
+}
+
 /// Parses a request body. `header_len` is the `Inference-Header-Content-Length` header:
 /// the JSON is the first `header_len` bytes and binary tensor data follows.
 pub fn decode_request(
@@ -128,7 +264,7 @@ pub fn decode_request(
     model: &ServedModel,
     max_images: usize,
 ) -> ApiResult<InferRequest> {
-    let (json_part, mut binary) = match header_len {
+    let (json_part, binary) = match header_len {
         Some(n) if n > body.len() => {
             return Err(ApiError::bad_request(format!(
                 "Inference-Header-Content-Length is {n} but the body has only {} bytes",
@@ -146,106 +282,65 @@ pub fn decode_request(
             req.inputs.len()
         )));
     };
-    let [c, h, w] = model.input_shape();
     let what = format!("input `{}`", input.name);
-    let (images, uint8) = match (input.datatype.as_str(), input.shape.as_slice()) {
-        ("UINT8", &[n, sh, sw, sc]) if [sh, sw, sc] == [h as i64, w as i64, c as i64] => (n, true),
-        ("FP32", &[n, sc, sh, sw]) if [sc, sh, sw] == [c as i64, h as i64, w as i64] => (n, false),
-        ("UINT8" | "FP32", shape) => {
-            return Err(ApiError::bad_request(format!(
-                "{what}: shape {shape:?} does not fit the model: UINT8 must be [N, {h}, {w}, {c}] and FP32 [N, {c}, {h}, {w}]"
-            )))
-        }
-        (dt, _) => {
-            return Err(ApiError::bad_request(format!("{what}: datatype {dt} is not supported (UINT8 or FP32)")))
-        }
-    };
-    if images < 1 || images as u64 > max_images as u64 {
-        return Err(ApiError::bad_request(format!("{what}: batch size {images} is outside 1..={max_images}")));
-    }
-    let images = images as usize;
-    let count = images * c * h * w;
-    let elem = if uint8 { 1 } else { 4 };
-    let pixels = match input.parameters.get("binary_data_size") {
+    let data = match input.parameters.get("binary_data_size") {
         Some(size) => {
             let size = size
                 .as_u64()
                 .ok_or_else(|| ApiError::bad_request(format!("{what}: binary_data_size must be a byte count")))?;
-            if size != (count * elem) as u64 {
-                return Err(ApiError::bad_request(format!(
-                    "{what}: binary_data_size is {size} bytes but shape {:?} {} needs {}",
-                    input.shape,
-                    input.datatype,
-                    count * elem
-                )));
-            }
             if header_len.is_none() {
                 return Err(ApiError::bad_request(format!(
                     "{what} has binary_data_size but the Inference-Header-Content-Length header is missing"
                 )));
             }
-            if binary.len() < count * elem {
+            if size > binary.len() as u64 {
                 return Err(ApiError::bad_request(format!(
-                    "{what}: binary data is truncated: {} bytes present, {} expected",
+                    "{what}: binary data is truncated: {} bytes present, binary_data_size says {size}",
                     binary.len(),
-                    count * elem
                 )));
             }
-            let (mine, rest) = binary.split_at(count * elem);
-            binary = rest;
-            if uint8 {
-                Pixels::Rgb8(mine.to_vec())
-            } else {
-                let values: Vec<f32> =
-                    mine.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-                if values.iter().any(|v| !v.is_finite()) {
-                    return Err(ApiError::bad_request(format!("{what}: FP32 data contains NaN or infinity")));
-                }
-                Pixels::Nchw(values)
+            if size < binary.len() as u64 {
+                return Err(ApiError::bad_request(format!(
+                    "{} bytes of binary data follow the last binary input (wrong Inference-Header-Content-Length?)",
+                    binary.len() as u64 - size
+                )));
             }
+            InputData::Raw(binary)
         }
         None => {
-            let data = input.data.as_ref().ok_or_else(|| {
-                ApiError::bad_request(format!("{what} has neither `data` nor a binary_data_size parameter"))
-            })?;
-            if data.0.len() != count {
+            if !binary.is_empty() {
                 return Err(ApiError::bad_request(format!(
-                    "{what}: {} values for shape {:?} ({count} expected)",
-                    data.0.len(),
-                    input.shape
+                    "{} bytes of binary data follow the JSON but no input has binary_data_size",
+                    binary.len()
                 )));
             }
-            if uint8 {
-                let mut px = Vec::with_capacity(count);
-                for (i, &v) in data.0.iter().enumerate() {
-                    if !(0.0..=255.0).contains(&v) || v.fract() != 0.0 {
-                        return Err(ApiError::bad_request(format!("{what}: value {v} at {i} is not a UINT8")));
-                    }
-                    px.push(v as u8);
+            match &input.data {
+                Some(d) => InputData::Numbers(&d.0),
+                None => {
+                    return Err(ApiError::bad_request(format!(
+                        "{what} has neither `data` nor a binary_data_size parameter"
+                    )))
                 }
-                Pixels::Rgb8(px)
-            } else {
-                let values: Vec<f32> = data.0.iter().map(|&v| v as f32).collect();
-                if values.iter().any(|v| !v.is_finite()) {
-                    return Err(ApiError::bad_request(format!("{what}: a value does not fit in FP32")));
-                }
-                Pixels::Nchw(values)
             }
         }
     };
-    if !binary.is_empty() {
-        return Err(ApiError::bad_request(format!(
-            "{} bytes of binary data follow the last binary input (wrong Inference-Header-Content-Length?)",
-            binary.len()
-        )));
-    }
+    let tensor = InputTensor { name: &input.name, datatype: &input.datatype, shape: &input.shape, data };
+    let (images, pixels) = input_pixels(&tensor, model, max_images)?;
     let binary_default = flag(&req.parameters, "binary_data_output")?.unwrap_or(false);
     let outputs = if req.outputs.is_empty() {
-        OUTPUTS.iter().map(|&name| OutputSpec { name, classification: None, binary: binary_default }).collect()
+        default_outputs(binary_default)
     } else {
-        req.outputs.iter().map(|o| output_spec(o, model, binary_default)).collect::<ApiResult<Vec<_>>>()?
+        req.outputs
+            .iter()
+            .map(|o| output_spec(&o.name, &o.parameters, model, binary_default))
+            .collect::<ApiResult<Vec<_>>>()?
     };
     Ok(InferRequest { id: req.id, pixels, images, outputs })
+}
+
+/// Every output, without classification (what a request that names none gets).
+pub fn default_outputs(binary: bool) -> Vec<OutputSpec> {
+    OUTPUTS.iter().map(|&name| OutputSpec { name, classification: None, binary }).collect()
 }
 
 fn flag(params: &Map<String, Value>, key: &str) -> ApiResult<Option<bool>> {
@@ -256,12 +351,19 @@ fn flag(params: &Map<String, Value>, key: &str) -> ApiResult<Option<bool>> {
     }
 }
 
-fn output_spec(o: &OutputJson, model: &ServedModel, binary_default: bool) -> ApiResult<OutputSpec> {
-    let name = OUTPUTS.iter().find(|&&n| n == o.name).copied().ok_or_else(|| {
-        ApiError::bad_request(format!("unknown output `{}` (this model has {})", o.name, OUTPUTS.join(", ")))
+/// A requested output by name, with its parameters (`classification`: top-k as strings;
+/// `binary_data`: HTTP only).
+pub fn output_spec(
+    name: &str,
+    parameters: &Map<String, Value>,
+    model: &ServedModel,
+    binary_default: bool,
+) -> ApiResult<OutputSpec> {
+    let name = OUTPUTS.iter().find(|&&n| n == name).copied().ok_or_else(|| {
+        ApiError::bad_request(format!("unknown output `{name}` (this model has {})", OUTPUTS.join(", ")))
     })?;
     let classes = model.model.classes();
-    let classification = match o.parameters.get("classification") {
+    let classification = match parameters.get("classification") {
         None => None,
         Some(v) => match v.as_u64() {
             Some(k) if (1..=classes as u64).contains(&k) => Some(k as usize),
@@ -272,7 +374,7 @@ fn output_spec(o: &OutputJson, model: &ServedModel, binary_default: bool) -> Api
             }
         },
     };
-    let binary = flag(&o.parameters, "binary_data")?.unwrap_or(binary_default);
+    let binary = flag(parameters, "binary_data")?.unwrap_or(binary_default);
     Ok(OutputSpec { name, classification, binary })
 }
 
@@ -286,45 +388,95 @@ pub struct EncodedResponse {
     pub json_len: Option<usize>,
 }
 
-/// Builds the response for `logits` (`[images][classes]`).
-pub fn encode_response(model: &ServedModel, req: &InferRequest, logits: &[f32]) -> EncodedResponse {
-    let classes = model.model.classes().max(1);
-    let labels = model.model.labels();
-    let probabilities: Vec<f32> = logits.chunks_exact(classes).flat_map(cifar_sdk::softmax).collect();
-    let mut outputs = Vec::new();
-    let mut binary = Vec::new();
-    for spec in &req.outputs {
-        let values = if spec.name == "logits" { logits } else { &probabilities[..] };
-        let (datatype, shape, data): (&str, Vec<usize>, Value);
-        let mut bytes = Vec::new();
-        match spec.classification {
-            Some(k) => {
-                let strings: Vec<String> = values.chunks_exact(classes).flat_map(|row| top_k(row, k, labels)).collect();
-                datatype = "BYTES";
-                shape = vec![req.images, k];
-                if spec.binary {
-                    for s in &strings {
-                        bytes.extend_from_slice(&(s.len() as u32).to_le_bytes());
-                        bytes.extend_from_slice(s.as_bytes());
-                    }
+/// One answered output tensor, before it is put on either wire.
+#[derive(Debug)]
+pub struct OutputTensor {
+    /// `logits` or `probabilities`.
+    pub name: &'static str,
+    /// `[images, classes]`, or `[images, k]` for classification strings.
+    pub shape: [usize; 2],
+    /// The values.
+    pub data: OutputData,
+    /// Sent as binary data (HTTP); gRPC always sends raw bytes.
+    pub binary: bool,
+}
+
+/// The values of an [`OutputTensor`].
+#[derive(Debug)]
+pub enum OutputData {
+    /// `FP32`.
+    Fp32(Vec<f32>),
+    /// `BYTES`: the classification extension's `"score:index:label"` strings.
+    Strings(Vec<String>),
+}
+
+impl OutputTensor {
+    /// The protocol's datatype name.
+    pub fn datatype(&self) -> &'static str {
+        match self.data {
+            OutputData::Fp32(_) => "FP32",
+            OutputData::Strings(_) => "BYTES",
+        }
+    }
+
+    /// The binary form: little-endian FP32, or each string as a 4-byte little-endian
+    /// length and its bytes (the protocol's BYTES layout).
+    pub fn raw_bytes(&self) -> Vec<u8> {
+        match &self.data {
+            OutputData::Fp32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            OutputData::Strings(strings) => {
+                let mut bytes = Vec::new();
+                for s in strings {
+                    bytes.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                    bytes.extend_from_slice(s.as_bytes());
                 }
-                data = json!(strings);
-            }
-            None => {
-                datatype = "FP32";
-                shape = vec![req.images, classes];
-                if spec.binary {
-                    bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-                }
-                data = json!(values);
+                bytes
             }
         }
-        let mut out = json!({ "name": spec.name, "datatype": datatype, "shape": shape });
-        if spec.binary {
+    }
+}
+
+/// The requested outputs for `logits` (`[images][classes]`).
+pub fn output_tensors(model: &ServedModel, req: &InferRequest, logits: &[f32]) -> Vec<OutputTensor> {
+    let classes = model.model.classes().max(1);
+    let labels = model.model.labels();
+    let wants_probabilities = req.outputs.iter().any(|o| o.name == "probabilities");
+    let probabilities: Vec<f32> = if wants_probabilities {
+        logits.chunks_exact(classes).flat_map(cifar_sdk::softmax).collect()
+    } else {
+        Vec::new()
+    };
+    req.outputs
+        .iter()
+        .map(|spec| {
+            let values = if spec.name == "logits" { logits } else { &probabilities[..] };
+            let (shape, data) = match spec.classification {
+                Some(k) => (
+                    [req.images, k],
+                    OutputData::Strings(values.chunks_exact(classes).flat_map(|row| top_k(row, k, labels)).collect()),
+                ),
+                None => ([req.images, classes], OutputData::Fp32(values.to_vec())),
+            };
+            OutputTensor { name: spec.name, shape, data, binary: spec.binary }
+        })
+        .collect()
+}
+
+/// Builds the HTTP response for `logits` (`[images][classes]`).
+pub fn encode_response(model: &ServedModel, req: &InferRequest, logits: &[f32]) -> EncodedResponse {
+    let mut outputs = Vec::new();
+    let mut binary = Vec::new();
+    for tensor in output_tensors(model, req, logits) {
+        let mut out = json!({ "name": tensor.name, "datatype": tensor.datatype(), "shape": tensor.shape });
+        if tensor.binary {
+            let bytes = tensor.raw_bytes();
             out["parameters"] = json!({ "binary_data_size": bytes.len() });
             binary.extend_from_slice(&bytes);
         } else {
-            out["data"] = data;
+            out["data"] = match tensor.data {
+                OutputData::Fp32(v) => json!(v),
+                OutputData::Strings(s) => json!(s),
+            };
         }
         outputs.push(out);
     }

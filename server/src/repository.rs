@@ -24,6 +24,8 @@ pub struct ServedModel {
     pub digest: String,
     /// When it was loaded (seconds since the Unix epoch).
     pub loaded_unix: u64,
+    /// Its inference statistics (Triton's `ModelStatistics`).
+    pub stats: crate::stats::ModelStats,
 }
 
 impl ServedModel {
@@ -104,5 +106,5 @@ fn load(path: &std::path::Path, name: &str, options: &ModelOptions, version: u64
     model.session()?;
     let digest = model.artifact().checksum.clone();
     let loaded_unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    Ok(ServedModel { name: name.to_string(), version, model, digest, loaded_unix })
+    Ok(ServedModel { name: name.to_string(), version, model, digest, loaded_unix, stats: Default::default() })
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
@@ -15,8 +15,11 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tower_http::timeout::TimeoutLayer;
 
+use crate::auth::Scope;
 use crate::error::{ApiError, ApiResult};
 use crate::infer::{self, resolve, status_error};
+use crate::model_config::ModelConfigView;
+use crate::repository::ServedModel;
 use crate::{oip, AppState};
 
 /// The page at `/`.
@@ -39,6 +42,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/models/{name}/versions/{version}/ready", get(model_ready_version))
         .route("/v2/models/{name}/infer", post(infer::infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer::infer_version))
+        .route("/v2/models/{name}/config", get(model_config))
+        .route("/v2/models/{name}/versions/{version}/config", get(model_config_version))
+        .route("/v2/models/stats", get(all_stats))
+        .route("/v2/models/{name}/stats", get(model_stats))
+        .route("/v2/models/{name}/versions/{version}/stats", get(model_stats_version))
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{name}/load", post(repository_load))
         .route("/v2/repository/models/{name}/unload", post(repository_unload))
@@ -48,8 +56,36 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { status_error(StatusCode::NOT_FOUND, "no such endpoint (see GET /v2 and the README)") })
         .layer(DefaultBodyLimit::max(limit))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, backstop))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// Which key a route needs ([`crate::auth`]).
+fn scope(endpoint: &str) -> Scope {
+    match endpoint {
+        "/" | "/v2" | "/v2/health/live" | "/v2/health/ready" => Scope::Open,
+        "/v2/models/{name}/ready" | "/v2/models/{name}/versions/{version}/ready" => Scope::Open,
+        "/metrics" => Scope::Metrics,
+        e if e.starts_with("/v2/repository/") => Scope::Admin,
+        // Inference, model information, drift, and anything unmatched (a 404 either way,
+        // but without a key it says nothing about what exists).
+        _ => Scope::Infer,
+    }
+}
+
+/// Refuses requests without the key their route needs: 401 with `WWW-Authenticate`.
+async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let endpoint = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
+    let value = request.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
+    match state.keys.check(scope(&endpoint), value) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => {
+            let mut r = status_error(StatusCode::UNAUTHORIZED, refused.0);
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            r
+        }
+    }
 }
 
 /// Counts every request by endpoint and status, tracks the in-flight gauge, and gives
@@ -98,9 +134,9 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
 
 async fn server_metadata() -> Json<Value> {
     Json(json!({
-        "name": "cifar-serve",
+        "name": oip::SERVER_NAME,
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data", "classification", "model_repository"],
+        "extensions": oip::EXTENSIONS,
     }))
 }
 
@@ -124,6 +160,39 @@ async fn model_metadata_version(
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(oip::model_metadata(&*resolve(&state, &name, Some(&version))?)))
+}
+
+async fn model_config(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    let model = resolve(&state, &name, None)?;
+    Ok(Json(ModelConfigView::new(&model, &state.config).to_json()))
+}
+
+async fn model_config_version(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let model = resolve(&state, &name, Some(&version))?;
+    Ok(Json(ModelConfigView::new(&model, &state.config).to_json()))
+}
+
+fn stats_json(models: &[std::sync::Arc<ServedModel>]) -> Json<Value> {
+    let stats: Vec<_> = models.iter().map(|m| m.stats.snapshot(&m.name, &m.version_string())).collect();
+    Json(json!({ "model_stats": stats }))
+}
+
+async fn all_stats(State(state): State<AppState>) -> Json<Value> {
+    stats_json(&[state.repository.current()])
+}
+
+async fn model_stats(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(stats_json(&[resolve(&state, &name, None)?]))
+}
+
+async fn model_stats_version(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    Ok(stats_json(&[resolve(&state, &name, Some(&version))?]))
 }
 
 async fn model_ready(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
@@ -151,8 +220,9 @@ async fn repository_index(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// Reloads the model file: validated first, swapped in atomically; on failure the
-/// current model keeps serving and the answer says why the file was rejected.
-async fn repository_load(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+/// current model keeps serving and the error says why the file was rejected. Shared by
+/// HTTP and gRPC.
+pub async fn load_model(state: &AppState, name: &str, trigger: &str) -> ApiResult<std::sync::Arc<ServedModel>> {
     if name != state.repository.name() {
         return Err(ApiError::not_found(format!(
             "unknown model `{name}` (this server serves `{}` from {})",
@@ -160,19 +230,26 @@ async fn repository_load(State(state): State<AppState>, Path(name): Path<String>
             state.repository.path().display()
         )));
     }
-    let loaded = crate::reload(&state, "http").await.map_err(|e| {
+    crate::reload(state, trigger).await.map_err(|e| {
         ApiError::bad_request(format!(
             "{} was rejected, the previous model keeps serving: {e}",
             state.repository.path().display()
         ))
-    })?;
+    })
+}
+
+/// Why a model cannot be unloaded.
+pub fn unload_refusal(name: &str) -> String {
+    format!("cannot unload `{name}`: cifar-serve serves exactly one model; stop the server instead")
+}
+
+async fn repository_load(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    let loaded = load_model(&state, &name, "http").await?;
     Ok(Json(json!({ "name": loaded.name, "version": loaded.version_string(), "digest": loaded.digest })))
 }
 
 async fn repository_unload(Path(name): Path<String>) -> ApiError {
-    ApiError::bad_request(format!(
-        "cannot unload `{name}`: cifar-serve serves exactly one model; stop the server instead"
-    ))
+    ApiError::bad_request(unload_refusal(&name))
 }
 
 async fn drift(State(state): State<AppState>) -> Json<Value> {
@@ -181,11 +258,26 @@ async fn drift(State(state): State<AppState>) -> Json<Value> {
     Json(serde_json::to_value(report).unwrap_or(Value::Null))
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+/// Query of `GET /metrics`.
+#[derive(Debug, serde::Deserialize)]
+struct MetricsQuery {
+    /// `openmetrics` for the OpenMetrics format; anything else (or nothing): text 0.0.4.
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// The Prometheus text format 0.0.4 with Triton's names, whatever the Accept header says
+/// (Prometheus asks for OpenMetrics first, which would rename Triton's counters);
+/// OpenMetrics only with `?format=openmetrics`.
+async fn metrics(State(state): State<AppState>, Query(query): Query<MetricsQuery>) -> Response {
     state.telemetry.set_queue_depth(state.batcher.queued());
-    let body = state.telemetry.encode();
+    let (body, content_type) = if query.format.as_deref() == Some("openmetrics") {
+        (state.telemetry.encode_openmetrics(), "application/openmetrics-text; version=1.0.0; charset=utf-8")
+    } else {
+        (state.telemetry.encode_text(), "text/plain; version=0.0.4; charset=utf-8")
+    };
     Response::builder()
-        .header(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .header(header::CONTENT_TYPE, content_type)
         .body(Body::from(body))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }

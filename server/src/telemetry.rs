@@ -4,9 +4,11 @@
 //! Names follow Triton's where the meaning is the same (`nv_inference_request_success`,
 //! `nv_inference_count`, `nv_inference_exec_count`, `nv_inference_request_duration_us`,
 //! `nv_inference_queue_duration_us`, `nv_inference_compute_infer_duration_us`,
-//! `nv_inference_pending_request_count`), labelled `model` and `version`. The exposition
-//! is OpenMetrics, so counters carry the standard `_total` suffix. Everything Triton has
-//! no name for is `cifar_*`: HTTP requests by endpoint and status, latency histograms
+//! `nv_inference_pending_request_count`), labelled `model` and `version`, and spelled as
+//! Triton spells them: `/metrics` answers the Prometheus text format 0.0.4 where Triton's
+//! counters have no `_total` suffix ([`Telemetry::encode_text`]); OpenMetrics (with
+//! `_total` on every counter, as that format requires) only when asked for
+//! ([`Telemetry::encode_openmetrics`]). Everything Triton has no name for is `cifar_*`: HTTP requests by endpoint and status, latency histograms
 //! (request, queue, compute), the batch-size histogram, the in-flight gauge, the model
 //! info metric, reloads and the drift gauges.
 
@@ -208,12 +210,17 @@ impl Telemetry {
         Self { registry, ..t }
     }
 
-    /// The metrics in the OpenMetrics text format.
-    pub fn encode(&self) -> String {
+    /// The metrics in the OpenMetrics text format (counters end in `_total`).
+    pub fn encode_openmetrics(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// The metrics in the Prometheus text format 0.0.4, Triton's names exact.
+    pub fn encode_text(&self) -> String {
+        openmetrics_to_text(&self.encode_openmetrics())
     }
 
     /// Marks `model` as the served model (replacing the previous info series).
@@ -269,6 +276,7 @@ impl Telemetry {
         queue: Duration,
         compute: Duration,
     ) {
+        model.stats.record_success(images, total, queue, compute);
         let l = labels(model);
         self.success.get_or_create(&l).inc();
         self.inference_count.get_or_create(&l).inc_by(images as u64);
@@ -280,6 +288,7 @@ impl Telemetry {
 
     /// A failed inference request.
     pub fn record_failure(&self, model: &ServedModel, reason: FailureReason) {
+        model.stats.record_failure();
         self.failure
             .get_or_create(&FailureLabels {
                 model: model.name.clone(),
@@ -291,6 +300,7 @@ impl Telemetry {
 
     /// A worker ran a batch.
     pub fn record_batch(&self, model: &ServedModel, images: usize, compute: Duration) {
+        model.stats.record_batch(images, compute);
         self.exec_count.get_or_create(&labels(model)).inc();
         self.compute_seconds.observe(compute.as_secs_f64());
         self.batch_size.observe(images as f64);
@@ -351,6 +361,52 @@ impl Telemetry {
     }
 }
 
+/// Rewrites prometheus-client's OpenMetrics exposition as the Prometheus text format
+/// 0.0.4. prometheus-client has no 0.0.4 encoder and its OpenMetrics encoder appends
+/// `_total` to every counter sample; Triton's counters (`nv_*`) have no suffix, and
+/// dashboards made for Triton look for the bare names. The two formats otherwise share
+/// their line syntax, so the rewrite is line by line: `nv_*` counter samples lose
+/// `_total` (our own `cifar_*` counters keep it, as Prometheus names counters), the
+/// OpenMetrics-only lines (`# UNIT`, `# EOF`) and `_created` samples go, and any
+/// exemplar after ` # ` is dropped.
+pub fn openmetrics_to_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut bare_counter: Option<String> = None;
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            let (name, kind) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            bare_counter = (kind == "counter" && name.starts_with("nv_")).then(|| name.to_string());
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        if line.starts_with('#') {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        let sample = line.split(" # ").next().unwrap_or(line);
+        let name_end = sample.find(['{', ' ']).unwrap_or(sample.len());
+        let (name, rest) = sample.split_at(name_end);
+        if name.ends_with("_created") {
+            continue;
+        }
+        match &bare_counter {
+            Some(family) if name == format!("{family}_total") => {
+                out.push_str(family);
+                out.push_str(rest);
+            }
+            _ => out.push_str(sample),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 fn labels(model: &ServedModel) -> ModelLabels {
     ModelLabels { model: model.name.clone(), version: model.version_string() }
 }
@@ -404,5 +460,26 @@ mod tests {
         let mut back = vec![0u8; 12];
         planar_to_rgb8(&planar, 4, &norm, &mut back);
         assert_eq!(back, rgb);
+    }
+
+    #[test]
+    fn text_format_has_triton_names_and_no_openmetrics_lines() {
+        let t = Telemetry::new(DriftConfig { window: 10, threshold: 0.25, class_threshold: 0.1, min_images: 5 });
+        t.success.get_or_create(&ModelLabels { model: "m".into(), version: "1".into() }).inc_by(3);
+        t.http_requests.get_or_create(&HttpLabels { endpoint: "/v1/classify".into(), code: 200 }).inc();
+        t.batch_size.observe(4.0);
+        let open = t.encode_openmetrics();
+        assert!(open.contains("nv_inference_request_success_total{model=\"m\",version=\"1\"} 3"), "{open}");
+        let text = t.encode_text();
+        assert!(text.contains("\nnv_inference_request_success{model=\"m\",version=\"1\"} 3\n"), "{text}");
+        assert!(!text.contains("nv_inference_request_success_total"), "{text}");
+        assert!(text.contains("# TYPE nv_inference_request_success counter"), "{text}");
+        assert!(text.contains("cifar_http_requests_total{endpoint=\"/v1/classify\",code=\"200\"} 1"), "{text}");
+        assert!(text.contains("cifar_batch_size_bucket{le=\"4.0\"} 1"), "{text}");
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "{text}");
+        // Every sample line is `name{labels} value` or `name value`.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert_eq!(line.rsplit(' ').next().map(|v| v.parse::<f64>().is_ok()), Some(true), "{line}");
+        }
     }
 }

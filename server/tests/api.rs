@@ -213,10 +213,50 @@ fn metrics_and_drift_endpoints() {
     }
     let _ = client().post(server.at("/v1/classify")).body("not an image").send().unwrap();
     let m = server.metrics();
+    // Triton's names exactly: the text format 0.0.4, no `_total` on Triton's counters,
+    // even when the client asks for OpenMetrics first (as Prometheus does).
+    let r = client()
+        .get(server.at("/metrics"))
+        .header("accept", "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5")
+        .send()
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "text/plain; version=0.0.4; charset=utf-8");
+    let text = r.text().unwrap();
+    assert!(!text.contains("nv_inference_request_success_total") && !text.contains("# EOF"), "{text}");
+    let open = client().get(server.at("/metrics?format=openmetrics")).send().unwrap().text().unwrap();
+    assert!(open.contains("nv_inference_request_success_total{model=\"tiny-int8\",version=\"1\"} 10"), "{open}");
+    assert!(open.ends_with("# EOF\n"), "{open}");
+    // The same counts in Triton's statistics and the configuration in Triton's shape.
+    let (s, stats) = server.get_json("/v2/models/tiny-int8/stats");
+    assert_eq!(s, 200, "{stats}");
+    let st = &stats["model_stats"][0];
+    assert_eq!((st["name"].as_str(), st["version"].as_str()), (Some("tiny-int8"), Some("1")));
+    assert_eq!(st["inference_count"], 10);
+    assert_eq!(st["inference_stats"]["success"]["count"], 10);
+    assert_eq!(st["inference_stats"]["fail"]["count"], 1);
+    assert!(st["inference_stats"]["compute_infer"]["ns"].as_u64().unwrap() > 0, "{st}");
+    let batched: u64 = st["batch_stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["batch_size"].as_u64().unwrap() * b["compute_infer"]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(batched, 10, "{st}");
+    assert_eq!(server.get_json("/v2/models/stats").1["model_stats"][0]["inference_count"], 10);
+    assert_eq!(server.get_json("/v2/models/nope/stats").0, 404);
+    let (s, cfg) = server.get_json("/v2/models/tiny-int8/config");
+    assert_eq!(s, 200, "{cfg}");
+    assert_eq!(cfg["max_batch_size"], 64);
+    assert_eq!(cfg["input"][0]["data_type"], "TYPE_UINT8");
+    assert_eq!(cfg["input"][0]["dims"], serde_json::json!([32, 32, 3]));
+    assert_eq!(cfg["output"][0]["dims"], serde_json::json!([10]));
+    assert_eq!(cfg["instance_group"][0]["kind"], "KIND_CPU");
+    assert_eq!(server.get_json("/v2/models/tiny-int8/versions/1/config").0, 200);
+    assert_eq!(server.get_json("/v2/models/tiny-int8/versions/7/config").0, 404);
     for name in [
-        "nv_inference_request_success_total{model=\"tiny-int8\",version=\"1\"} 10",
-        "nv_inference_count_total{model=\"tiny-int8\",version=\"1\"} 10",
-        "nv_inference_request_failure_total{model=\"tiny-int8\",version=\"1\",reason=\"rejected\"} 1",
+        "nv_inference_request_success{model=\"tiny-int8\",version=\"1\"} 10",
+        "nv_inference_count{model=\"tiny-int8\",version=\"1\"} 10",
+        "nv_inference_request_failure{model=\"tiny-int8\",version=\"1\",reason=\"rejected\"} 1",
         "cifar_http_requests_total{endpoint=\"/v1/classify\",code=\"200\"} 10",
         "cifar_http_requests_total{endpoint=\"/v1/classify\",code=\"415\"} 1",
         "cifar_request_duration_seconds_count{endpoint=\"/v1/classify\"} 11",

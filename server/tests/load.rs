@@ -32,9 +32,9 @@ fn twenty_thousand_requests_at_concurrency_64_without_errors() {
     assert_eq!(report["failed"], 0, "{report}");
     assert_eq!(report["ok"], 20_000, "{report}");
     let m = server.metrics();
-    assert!(m.contains("nv_inference_request_success_total{model=\"tiny-int8\",version=\"1\"} 20000"), "{m}");
+    assert!(m.contains("nv_inference_request_success{model=\"tiny-int8\",version=\"1\"} 20000"), "{m}");
     // Under this load requests are merged into batches.
-    let batches = server.metric("nv_inference_exec_count_total{model=\"tiny-int8\",version=\"1\"}").unwrap();
+    let batches = server.metric("nv_inference_exec_count{model=\"tiny-int8\",version=\"1\"}").unwrap();
     eprintln!("{report}\n20000 requests in {batches} batches");
     assert!(batches < 20_000.0, "no request was ever batched with another");
 }

@@ -180,7 +180,7 @@ fn cases() -> Vec<Case> {
             json!({ "inputs": [uint8_input(1, Some(100))] }),
             vec![1; 100],
             None,
-            "needs 3072",
+            "(3072 expected)",
         ),
         Case {
             name: "binary size without the header",

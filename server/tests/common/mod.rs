@@ -34,6 +34,8 @@ pub fn sample_images() -> Vec<PathBuf> {
 pub struct Server {
     pub child: Child,
     pub url: String,
+    /// `host:port` of the gRPC listener, when started with `--grpc-addr`.
+    pub grpc: Option<String>,
     pub dir: tempfile::TempDir,
     pub log: PathBuf,
 }
@@ -70,11 +72,13 @@ impl Server {
             .stderr(stderr)
             .spawn()
             .expect("start cifar-serve");
-        let mut server = Server { child, url: String::new(), dir, log };
+        let mut server = Server { child, url: String::new(), grpc: None, dir, log };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(addr) = std::fs::read_to_string(&ready) {
-                server.url = format!("http://{}", addr.trim());
+            if let Ok(text) = std::fs::read_to_string(&ready) {
+                let mut lines = text.lines();
+                server.url = format!("http://{}", lines.next().unwrap_or_default().trim());
+                server.grpc = lines.next().map(|l| l.trim().to_string());
                 return server;
             }
             if let Ok(Some(status)) = server.child.try_wait() {
