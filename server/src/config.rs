@@ -17,19 +17,39 @@ use clap::Parser;
 /// and the input drift report at `/v1/drift`. Access control: `--api-key-file`,
 /// `--admin-key-file`; TLS: `--tls-cert`, `--tls-key`.
 ///
-/// Signals: SIGHUP reloads the model file (validated first; a bad file is rejected and the
-/// old model keeps serving); SIGTERM and Ctrl-C stop accepting connections and finish the
+/// Signals: SIGHUP reloads the model file, or rescans the model repository (validated
+/// first; a bad file is rejected and the old model keeps serving); SIGTERM and Ctrl-C stop accepting connections and finish the
 /// requests in flight before exiting.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "cifar-serve", version, about, long_about)]
 pub struct Config {
-    /// The compiled model file (`trainer compile` writes it).
-    #[arg(long, env = "CIFAR_SERVE_MODEL", value_name = "FILE")]
-    pub model: PathBuf,
+    /// The compiled model file (`trainer compile` writes it): one model, version 1,
+    /// +1 per reload. Or use `--model-repository`.
+    #[arg(
+        long,
+        env = "CIFAR_SERVE_MODEL",
+        value_name = "FILE",
+        required_unless_present = "model_repository",
+        conflicts_with = "model_repository"
+    )]
+    pub model: Option<PathBuf>,
 
-    /// Name the model is served under (`/v2/models/{name}`). Default: the file name
-    /// without its extension.
-    #[arg(long, env = "CIFAR_SERVE_MODEL_NAME", value_name = "NAME")]
+    /// A model repository in Triton's layout: `DIR/<name>/<version>/model.cifar`, each
+    /// model with an optional `DIR/<name>/config.toml` (`version_policy = "latest"` with
+    /// `latest = N` (default 1), `"all"`, or `"specific"` with `versions = [..]`; and
+    /// `labels = [..]` to rename the classes). Every model is loaded at start-up; the
+    /// repository API loads and unloads them by name.
+    #[arg(long, env = "CIFAR_SERVE_MODEL_REPOSITORY", value_name = "DIR")]
+    pub model_repository: Option<PathBuf>,
+
+    /// With `--model-repository`: rescan it every this many seconds, loading new models
+    /// and new or changed versions (0: only on the repository API or SIGHUP).
+    #[arg(long, env = "CIFAR_SERVE_REPOSITORY_POLL_SECS", default_value_t = 0)]
+    pub repository_poll_secs: u64,
+
+    /// Name the model is served under (`/v2/models/{name}`), with `--model`. Default:
+    /// the file name without its extension.
+    #[arg(long, env = "CIFAR_SERVE_MODEL_NAME", value_name = "NAME", conflicts_with = "model_repository")]
     pub model_name: Option<String>,
 
     /// Address to listen on. Port 0 picks a free port; the chosen address is logged and,
@@ -147,10 +167,14 @@ pub struct Config {
 }
 
 impl Config {
-    /// The name the model is served under.
+    /// The name the `--model` file is served under.
     pub fn served_name(&self) -> String {
         self.model_name.clone().unwrap_or_else(|| {
-            self.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
+            self.model
+                .as_deref()
+                .and_then(|m| m.file_stem())
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into())
         })
     }
 

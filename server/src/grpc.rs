@@ -24,6 +24,7 @@ use crate::error::ApiError;
 use crate::infer::{resolve, run_job};
 use crate::model_config::ModelConfigView;
 use crate::oip::{self, InputData, InputTensor};
+use crate::repository::VersionPolicy;
 use crate::stats::{self, StatisticDuration};
 use crate::AppState;
 
@@ -201,7 +202,13 @@ fn config_proto(v: &ModelConfigView) -> pb::ModelConfig {
         platform: "cifar".into(),
         backend: "cifar".into(),
         version_policy: Some(pb::ModelVersionPolicy {
-            policy_choice: Some(PolicyChoice::Latest(Latest { num_versions: 1 })),
+            policy_choice: Some(match &v.version_policy {
+                VersionPolicy::Latest(n) => PolicyChoice::Latest(Latest { num_versions: *n }),
+                VersionPolicy::All => PolicyChoice::All(pb::model_version_policy::All {}),
+                VersionPolicy::Specific(versions) => PolicyChoice::Specific(pb::model_version_policy::Specific {
+                    versions: versions.iter().map(|&x| i64::try_from(x).unwrap_or(i64::MAX)).collect(),
+                }),
+            }),
         }),
         max_batch_size: v.max_batch_size,
         input: v
@@ -303,7 +310,8 @@ impl GrpcInferenceService for Service {
     ) -> GrpcResult<pb::ModelMetadataResponse> {
         self.authorize(&request, Scope::Infer)?;
         let r = request.get_ref();
-        let meta = oip::model_metadata(&*self.model(&r.name, &r.version)?);
+        let meta = crate::routes::metadata(&self.state, &r.name, (!r.version.is_empty()).then_some(r.version.as_str()))
+            .map_err(to_status)?;
         Ok(Response::new(pb::ModelMetadataResponse {
             name: meta["name"].as_str().unwrap_or_default().into(),
             versions: meta["versions"]
@@ -362,10 +370,13 @@ impl GrpcInferenceService for Service {
     ) -> GrpcResult<pb::ModelStatisticsResponse> {
         self.authorize(&request, Scope::Infer)?;
         let r = request.get_ref();
-        let models = if r.name.is_empty() {
-            vec![self.state.repository.current()]
-        } else {
-            vec![self.model(&r.name, &r.version)?]
+        let models = match (r.name.is_empty(), r.version.is_empty()) {
+            (true, _) => self.state.repository.all(),
+            (false, true) => {
+                self.model(&r.name, "")?;
+                self.state.repository.versions(&r.name)
+            }
+            (false, false) => vec![self.model(&r.name, &r.version)?],
         };
         Ok(Response::new(pb::ModelStatisticsResponse {
             model_stats: models
@@ -380,14 +391,21 @@ impl GrpcInferenceService for Service {
         request: Request<pb::RepositoryIndexRequest>,
     ) -> GrpcResult<pb::RepositoryIndexResponse> {
         self.authorize(&request, Scope::Admin)?;
-        let m = self.state.repository.current();
+        let ready_only = request.get_ref().ready;
         Ok(Response::new(pb::RepositoryIndexResponse {
-            models: vec![pb::repository_index_response::ModelIndex {
-                name: m.name.clone(),
-                version: m.version_string(),
-                state: "READY".into(),
-                reason: String::new(),
-            }],
+            models: self
+                .state
+                .repository
+                .index()
+                .into_iter()
+                .filter(|e| !ready_only || e.state == "READY")
+                .map(|e| pb::repository_index_response::ModelIndex {
+                    name: e.name,
+                    version: e.version,
+                    state: e.state.into(),
+                    reason: e.reason,
+                })
+                .collect(),
         }))
     }
 
@@ -405,6 +423,9 @@ impl GrpcInferenceService for Service {
         request: Request<pb::RepositoryModelUnloadRequest>,
     ) -> GrpcResult<pb::RepositoryModelUnloadResponse> {
         self.authorize(&request, Scope::Admin)?;
-        Err(Status::failed_precondition(crate::routes::unload_refusal(&request.get_ref().model_name)))
+        crate::routes::unload_model(&self.state, &request.get_ref().model_name, "grpc")
+            .await
+            .map_err(|e| Status::failed_precondition(e.message))?;
+        Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 }

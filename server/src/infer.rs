@@ -25,21 +25,21 @@ use crate::AppState;
 /// The `Inference-Header-Content-Length` header of the binary tensor data extension.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
-/// Checks the model name (and version, when given) against the served model.
+/// The served model `name` at `version` (the newest when `None`), or 404 saying what
+/// is served.
 pub fn resolve(state: &AppState, name: &str, version: Option<&str>) -> ApiResult<Arc<ServedModel>> {
-    let model = state.repository.current();
-    if name != model.name {
-        return Err(ApiError::not_found(format!("unknown model `{name}` (this server serves `{}`)", model.name)));
+    state.repository.get(name, version).map_err(|e| ApiError::not_found(e.message()))
+}
+
+/// The model a request that names none goes to (`?model=` names one).
+pub fn default_or_named(state: &AppState, name: Option<&str>) -> ApiResult<Arc<ServedModel>> {
+    match name {
+        Some(n) => resolve(state, n, None),
+        None => state
+            .repository
+            .default_model()
+            .ok_or_else(|| ApiError::unavailable("no model is loaded (see POST /v2/repository/index)", 5)),
     }
-    if let Some(v) = version {
-        if v != model.version_string() {
-            return Err(ApiError::not_found(format!(
-                "model `{name}` has no version `{v}` (the loaded version is {})",
-                model.version
-            )));
-        }
-    }
-    Ok(model)
 }
 
 /// The body, or the reason it could not be read (too large, aborted) as a JSON error.
@@ -179,6 +179,9 @@ pub struct ClassifyQuery {
     /// Classes per image (default 5).
     #[serde(default)]
     top_k: Option<usize>,
+    /// The model (default: the only one, or the first by name).
+    #[serde(default)]
+    model: Option<String>,
 }
 
 /// `POST /v1/classify`: image files (PNG, JPEG, PPM; any size) as the raw body or as
@@ -188,7 +191,7 @@ pub async fn classify(
     Query(query): Query<ClassifyQuery>,
     request: Request,
 ) -> ApiResult<Json<Value>> {
-    let model = state.repository.current();
+    let model = default_or_named(&state, query.model.as_deref())?;
     let classes = model.model.classes();
     let k = query.top_k.unwrap_or(5);
     if k < 1 || k > classes {
@@ -220,7 +223,7 @@ pub async fn classify(
     let (names, pixels) = decoded.inspect_err(|_| state.telemetry.record_failure(&model, FailureReason::Rejected))?;
     let images = names.len();
     let out = run_job(&state, &model, Pixels::Rgb8(pixels), images).await?;
-    let labels = model.model.labels();
+    let labels = model.labels();
     let results: Vec<Value> = names
         .iter()
         .zip(out.logits.chunks_exact(classes.max(1)))

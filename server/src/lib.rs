@@ -1,7 +1,8 @@
 //! `cifar-serve`, the reference HTTP server for compiled `.cifar` classifiers.
 //!
 //! - [`config`]: the command line.
-//! - [`repository`]: the served model and its atomic reload.
+//! - [`repository`]: the served models (one file or a model repository), loaded,
+//!   reloaded and unloaded atomically.
 //! - [`batcher`]: the bounded queue and the inference workers (dynamic batching).
 //! - [`oip`]: the Open Inference Protocol v2 wire format.
 //! - [`infer`] and [`routes`]: the HTTP endpoints; [`grpc`]: the same over gRPC.
@@ -42,7 +43,7 @@ use crate::telemetry::Telemetry;
 pub struct Shared {
     /// The command line.
     pub config: Config,
-    /// The served model.
+    /// The served models.
     pub repository: Repository,
     /// The queue and workers.
     pub batcher: Batcher,
@@ -57,20 +58,59 @@ pub struct Shared {
 /// The handlers' state.
 pub type AppState = Arc<Shared>;
 
-/// Reloads the model file and records the outcome (`trigger` is `http` or `sighup`).
-pub async fn reload(state: &AppState, trigger: &str) -> Result<Arc<ServedModel>, String> {
-    match state.repository.reload().await {
-        Ok(model) => {
-            state.telemetry.record_reload(true);
-            state.telemetry.set_model(&model);
-            state.telemetry.drift.reset(&model);
-            tracing::info!(trigger, model = %model.name, version = model.version, digest = %model.digest, "model reloaded");
-            Ok(model)
+/// Loads or reloads the model `name` and records the outcome (`trigger`: `http`,
+/// `grpc`, `sighup` or `poll`).
+pub async fn load(state: &AppState, name: &str, trigger: &str) -> Result<Vec<Arc<ServedModel>>, String> {
+    match state.repository.load(name).await {
+        Ok(loaded) => {
+            if loaded.changed {
+                after_load(state, trigger, &loaded.versions);
+            }
+            Ok(loaded.versions)
         }
         Err(e) => {
             state.telemetry.record_reload(false);
-            tracing::error!(trigger, error = %e, "model reload rejected; the previous model keeps serving");
+            tracing::error!(trigger, model = name, error = %e, "model load rejected; what was served keeps serving");
             Err(e)
+        }
+    }
+}
+
+fn after_load(state: &AppState, trigger: &str, versions: &[Arc<ServedModel>]) {
+    state.telemetry.record_reload(true);
+    state.telemetry.set_models(&state.repository.all());
+    if let Some(latest) = versions.last() {
+        state.telemetry.drift_for(latest).reset(latest);
+    }
+    for m in versions {
+        tracing::info!(trigger, model = %m.name, version = m.version, digest = %m.digest, "model loaded");
+    }
+}
+
+/// Stops serving `name` (repository only) and records it.
+pub async fn unload(state: &AppState, name: &str, trigger: &str) -> Result<(), String> {
+    state.repository.unload(name).await?;
+    state.telemetry.set_models(&state.repository.all());
+    tracing::info!(trigger, model = name, "model unloaded; requests already accepted finish");
+    Ok(())
+}
+
+/// SIGHUP and the repository poll: the `--model` file again, or every model of the
+/// repository that changed.
+async fn refresh(state: &AppState, trigger: &str) {
+    if !state.repository.is_directory() {
+        let name = state.config.served_name();
+        let _ = load(state, &name, trigger).await;
+        return;
+    }
+    for (name, result) in state.repository.poll().await {
+        match result {
+            Ok(loaded) => after_load(state, trigger, &loaded.versions),
+            Err(e) => {
+                state.telemetry.record_reload(false);
+                state.telemetry.set_models(&state.repository.all());
+                tracing::error!(trigger, model = %name, error = %e, "model not (re)loaded");
+            }
         }
     }
 }
@@ -84,27 +124,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let (workers, threads) = config.worker_threads();
     let options = ModelOptions { device: config.device, threads, max_batch: config.max_batch as usize };
-    let repository = Repository::open(config.model.clone(), config.served_name(), options)
-        .with_context(|| format!("cannot serve {}", config.model.display()))?;
-    let model = repository.current();
-    tracing::info!(
-        model = %model.name,
-        file = %config.model.display(),
-        precision = %model.model.precision(),
-        device = %model.model.device(),
-        device_reason = %model.model.device_reason(),
-        digest = %model.digest,
-        classes = model.model.classes(),
-        "model loaded"
-    );
+    let repository = match (&config.model, &config.model_repository) {
+        (Some(file), _) => Repository::open_file(file.clone(), config.served_name(), options)
+            .with_context(|| format!("cannot serve {}", file.display()))?,
+        (None, Some(dir)) => Repository::open_dir(dir.clone(), options).await?,
+        (None, None) => anyhow::bail!("give --model FILE or --model-repository DIR"),
+    };
+    for model in repository.all() {
+        tracing::info!(
+            model = %model.name,
+            version = model.version,
+            file = %model.path.display(),
+            precision = %model.model.precision(),
+            device = %model.model.device(),
+            device_reason = %model.model.device_reason(),
+            digest = %model.digest,
+            classes = model.model.classes(),
+            "model loaded"
+        );
+    }
     let telemetry = Arc::new(Telemetry::new(DriftConfig {
         window: config.drift_window as usize,
         threshold: config.drift_threshold,
         class_threshold: config.drift_class_threshold,
         min_images: config.drift_min_images as usize,
     }));
-    telemetry.set_model(&model);
-    telemetry.set_drift(&telemetry.drift.report());
+    telemetry.set_models(&repository.all());
     let policy = BatchPolicy {
         max_batch: config.max_batch as usize,
         max_queue_delay: Duration::from_micros(config.max_queue_delay_us),
@@ -132,6 +177,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let state: AppState =
         Arc::new(Shared { config, repository, batcher, telemetry, keys, shutting_down: AtomicBool::new(false) });
     spawn_sighup_reloader(state.clone());
+    if state.repository.is_directory() && state.config.repository_poll_secs > 0 {
+        let (poller, every) = (state.clone(), Duration::from_secs(state.config.repository_poll_secs));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                refresh(&poller, "poll").await;
+            }
+        });
+    }
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%addr, workers, threads, max_batch = policy.max_batch, "listening on {scheme}://{addr}/");
     if let Some(g) = grpc_addr {
@@ -205,7 +259,7 @@ fn spawn_sighup_reloader(state: AppState) {
             return;
         };
         while hup.recv().await.is_some() {
-            let _ = reload(&state, "sighup").await;
+            refresh(&state, "sighup").await;
         }
     });
     #[cfg(not(unix))]

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::oip::{INPUT_FP32, INPUT_UINT8, OUTPUTS};
-use crate::repository::ServedModel;
+use crate::repository::{ServedModel, VersionPolicy};
 
 /// One input or output in the configuration.
 #[derive(Debug, Clone)]
@@ -50,6 +50,8 @@ pub struct ModelConfigView {
     pub kind: &'static str,
     /// String facts: precision, device, digest, labels.
     pub parameters: BTreeMap<String, String>,
+    /// Which versions are served.
+    pub version_policy: VersionPolicy,
 }
 
 impl ModelConfigView {
@@ -71,7 +73,7 @@ impl ModelConfigView {
             ("precision".to_string(), model.model.precision().to_string()),
             ("device".to_string(), device.to_string()),
             ("digest".to_string(), model.digest.clone()),
-            ("labels".to_string(), model.model.labels().join(",")),
+            ("labels".to_string(), model.labels().join(",")),
         ]);
         Self {
             name: model.name.clone(),
@@ -96,6 +98,16 @@ impl ModelConfigView {
             instances: i32::try_from(workers).unwrap_or(i32::MAX),
             kind: if matches!(device, cifar_sdk::Device::Cpu) { "KIND_CPU" } else { "KIND_GPU" },
             parameters,
+            version_policy: model.policy.clone(),
+        }
+    }
+
+    /// The version policy in Triton's JSON form.
+    pub fn version_policy_json(&self) -> Value {
+        match &self.version_policy {
+            VersionPolicy::Latest(n) => json!({ "latest": { "num_versions": n } }),
+            VersionPolicy::All => json!({ "all": {} }),
+            VersionPolicy::Specific(v) => json!({ "specific": { "versions": v } }),
         }
     }
 
@@ -115,7 +127,7 @@ impl ModelConfigView {
             "name": self.name,
             "platform": "cifar",
             "backend": "cifar",
-            "version_policy": { "latest": { "num_versions": 1 } },
+            "version_policy": self.version_policy_json(),
             "max_batch_size": self.max_batch_size,
             "input": self.inputs.iter().map(tensor).collect::<Vec<_>>(),
             "output": self.outputs.iter().map(tensor).collect::<Vec<_>>(),

@@ -439,7 +439,7 @@ impl OutputTensor {
 /// The requested outputs for `logits` (`[images][classes]`).
 pub fn output_tensors(model: &ServedModel, req: &InferRequest, logits: &[f32]) -> Vec<OutputTensor> {
     let classes = model.model.classes().max(1);
-    let labels = model.model.labels();
+    let labels = model.labels();
     let wants_probabilities = req.outputs.iter().any(|o| o.name == "probabilities");
     let probabilities: Vec<f32> = if wants_probabilities {
         logits.chunks_exact(classes).flat_map(cifar_sdk::softmax).collect()
@@ -506,14 +506,14 @@ pub fn top_k(row: &[f32], k: usize, labels: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// The model metadata object (`GET /v2/models/{name}`).
-pub fn model_metadata(model: &ServedModel) -> Value {
+/// The model metadata object (`GET /v2/models/{name}`); `versions` are the served ones.
+pub fn model_metadata(model: &ServedModel, versions: &[String]) -> Value {
     let [c, h, w] = model.input_shape();
     let classes = model.model.classes();
     let m = model.model.metadata();
     json!({
         "name": model.name,
-        "versions": [model.version_string()],
+        "versions": versions,
         "platform": "cifar",
         "inputs": [
             { "name": INPUT_UINT8, "datatype": "UINT8", "shape": [-1, h, w, c] },
@@ -522,7 +522,7 @@ pub fn model_metadata(model: &ServedModel) -> Value {
         "outputs": OUTPUTS.iter().map(|n| json!({ "name": n, "datatype": "FP32", "shape": [-1, classes] })).collect::<Vec<_>>(),
         "parameters": {
             "note": "send exactly one of the inputs",
-            "labels": model.model.labels(),
+            "labels": model.labels(),
             "precision": model.model.precision().to_string(),
             "device": model.model.device().to_string(),
             "device_reason": model.model.device_reason(),

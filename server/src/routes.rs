@@ -152,14 +152,14 @@ async fn ready(State(state): State<AppState>) -> Response {
 }
 
 async fn model_metadata(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
-    Ok(Json(oip::model_metadata(&*resolve(&state, &name, None)?)))
+    Ok(Json(metadata(&state, &name, None)?))
 }
 
 async fn model_metadata_version(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(oip::model_metadata(&*resolve(&state, &name, Some(&version))?)))
+    Ok(Json(metadata(&state, &name, Some(&version))?))
 }
 
 async fn model_config(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
@@ -181,11 +181,13 @@ fn stats_json(models: &[std::sync::Arc<ServedModel>]) -> Json<Value> {
 }
 
 async fn all_stats(State(state): State<AppState>) -> Json<Value> {
-    stats_json(&[state.repository.current()])
+    stats_json(&state.repository.all())
 }
 
+/// Every served version of the model, as Triton answers a request that names no version.
 async fn model_stats(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
-    Ok(stats_json(&[resolve(&state, &name, None)?]))
+    resolve(&state, &name, None)?;
+    Ok(stats_json(&state.repository.versions(&name)))
 }
 
 async fn model_stats_version(
@@ -193,6 +195,13 @@ async fn model_stats_version(
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     Ok(stats_json(&[resolve(&state, &name, Some(&version))?]))
+}
+
+/// The model metadata, listing every served version of the name.
+pub fn metadata(state: &AppState, name: &str, version: Option<&str>) -> ApiResult<Value> {
+    let model = resolve(state, name, version)?;
+    let versions: Vec<String> = state.repository.versions(name).iter().map(|m| m.version_string()).collect();
+    Ok(oip::model_metadata(&model, &versions))
 }
 
 async fn model_ready(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
@@ -215,47 +224,59 @@ fn model_ready_response(state: &AppState, name: &str, version: Option<&str>) -> 
 }
 
 async fn repository_index(State(state): State<AppState>) -> Json<Value> {
-    let m = state.repository.current();
-    Json(json!([{ "name": m.name, "version": m.version_string(), "state": "READY", "reason": "" }]))
+    Json(json!(state.repository.index()))
 }
 
-/// Reloads the model file: validated first, swapped in atomically; on failure the
-/// current model keeps serving and the error says why the file was rejected. Shared by
-/// HTTP and gRPC.
-pub async fn load_model(state: &AppState, name: &str, trigger: &str) -> ApiResult<std::sync::Arc<ServedModel>> {
-    if name != state.repository.name() {
-        return Err(ApiError::not_found(format!(
-            "unknown model `{name}` (this server serves `{}` from {})",
-            state.repository.name(),
-            state.repository.path().display()
-        )));
-    }
-    crate::reload(state, trigger).await.map_err(|e| {
-        ApiError::bad_request(format!(
-            "{} was rejected, the previous model keeps serving: {e}",
-            state.repository.path().display()
-        ))
+/// Loads or reloads a model: validated first, swapped in atomically; on failure what was
+/// served keeps serving and the error says why. Shared by HTTP and gRPC.
+pub async fn load_model(state: &AppState, name: &str, trigger: &str) -> ApiResult<Vec<std::sync::Arc<ServedModel>>> {
+    crate::load(state, name, trigger).await.map_err(|e| {
+        let status = if e.starts_with("unknown model") || e.starts_with("no model") || e.contains("is not a model name")
+        {
+            StatusCode::NOT_FOUND
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        ApiError::new(status, format!("`{name}` was not loaded; what was served keeps serving: {e}"))
     })
 }
 
-/// Why a model cannot be unloaded.
-pub fn unload_refusal(name: &str) -> String {
-    format!("cannot unload `{name}`: cifar-serve serves exactly one model; stop the server instead")
+/// Unloads a model (repository only). Shared by HTTP and gRPC.
+pub async fn unload_model(state: &AppState, name: &str, trigger: &str) -> ApiResult<()> {
+    crate::unload(state, name, trigger).await.map_err(ApiError::bad_request)
 }
 
 async fn repository_load(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
     let loaded = load_model(&state, &name, "http").await?;
-    Ok(Json(json!({ "name": loaded.name, "version": loaded.version_string(), "digest": loaded.digest })))
+    let versions: Vec<Value> =
+        loaded.iter().map(|m| json!({ "version": m.version_string(), "digest": m.digest })).collect();
+    let latest = loaded.last();
+    Ok(Json(json!({
+        "name": name,
+        "version": latest.map(|m| m.version_string()),
+        "digest": latest.map(|m| m.digest.clone()),
+        "versions": versions,
+    })))
 }
 
-async fn repository_unload(Path(name): Path<String>) -> ApiError {
-    ApiError::bad_request(unload_refusal(&name))
+async fn repository_unload(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    unload_model(&state, &name, "http").await?;
+    Ok(Json(json!({ "name": name, "state": "UNAVAILABLE" })))
 }
 
-async fn drift(State(state): State<AppState>) -> Json<Value> {
-    let report = state.telemetry.drift.report();
+/// Query of `GET /v1/drift`.
+#[derive(Debug, serde::Deserialize)]
+struct DriftQuery {
+    /// The model (default: the only one, or the first by name).
+    #[serde(default)]
+    model: Option<String>,
+}
+
+async fn drift(State(state): State<AppState>, Query(query): Query<DriftQuery>) -> ApiResult<Json<Value>> {
+    let model = infer::default_or_named(&state, query.model.as_deref())?;
+    let report = state.telemetry.drift_for(&model).report();
     state.telemetry.set_drift(&report);
-    Json(serde_json::to_value(report).unwrap_or(Value::Null))
+    Ok(Json(serde_json::to_value(report).unwrap_or(Value::Null)))
 }
 
 /// Query of `GET /metrics`.

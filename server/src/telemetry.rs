@@ -1,4 +1,4 @@
-//! Prometheus metrics and the drift monitor, in one place the handlers and the workers
+//! Prometheus metrics and the drift monitors, in one place the handlers and the workers
 //! share.
 //!
 //! Names follow Triton's where the meaning is the same (`nv_inference_request_success`,
@@ -12,6 +12,8 @@
 //! (request, queue, compute), the batch-size histogram, the in-flight gauge, the model
 //! info metric, reloads and the drift gauges.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cifar_sdk::drift::{image_features, FEATURE_NAMES};
@@ -67,7 +69,13 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DriftLabels {
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FeatureLabels {
+    model: String,
     feature: String,
 }
 
@@ -123,13 +131,14 @@ pub struct Telemetry {
     in_flight: Gauge,
     model_info: Family<InfoLabels, Gauge>,
     reloads: Family<OutcomeLabels, Counter>,
-    drift_score: FloatGauge,
+    drift_score: Family<DriftLabels, FloatGauge>,
     drift_psi: Family<FeatureLabels, FloatGauge>,
-    drift_class_js: FloatGauge,
-    drift_window: Gauge,
-    drift_alert: Gauge,
-    /// The drift monitor.
-    pub drift: DriftMonitor,
+    drift_class_js: Family<DriftLabels, FloatGauge>,
+    drift_window: Family<DriftLabels, Gauge>,
+    drift_alert: Family<DriftLabels, Gauge>,
+    /// One drift monitor per model name (its window follows the newest version).
+    drift: Mutex<BTreeMap<String, Arc<DriftMonitor>>>,
+    drift_config: DriftConfig,
 }
 
 impl Telemetry {
@@ -153,12 +162,13 @@ impl Telemetry {
             in_flight: Gauge::default(),
             model_info: Family::default(),
             reloads: Family::default(),
-            drift_score: FloatGauge::default(),
+            drift_score: Family::default(),
             drift_psi: Family::default(),
-            drift_class_js: FloatGauge::default(),
-            drift_window: Gauge::default(),
-            drift_alert: Gauge::default(),
-            drift: DriftMonitor::new(drift),
+            drift_class_js: Family::default(),
+            drift_window: Family::default(),
+            drift_alert: Family::default(),
+            drift: Mutex::new(BTreeMap::new()),
+            drift_config: drift,
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -223,20 +233,37 @@ impl Telemetry {
         openmetrics_to_text(&self.encode_openmetrics())
     }
 
-    /// Marks `model` as the served model (replacing the previous info series).
-    pub fn set_model(&self, model: &ServedModel) {
+    /// Marks `models` as the served ones (replacing the previous info series) and makes
+    /// sure each model name has its drift gauges.
+    pub fn set_models(&self, models: &[Arc<ServedModel>]) {
         self.model_info.clear();
-        let m = &model.model;
-        self.model_info
-            .get_or_create(&InfoLabels {
-                model: model.name.clone(),
-                version: model.version_string(),
-                digest: model.digest.clone(),
-                precision: m.precision().to_string(),
-                device: m.device().to_string(),
-                classes: m.classes().to_string(),
+        for model in models {
+            let m = &model.model;
+            self.model_info
+                .get_or_create(&InfoLabels {
+                    model: model.name.clone(),
+                    version: model.version_string(),
+                    digest: model.digest.clone(),
+                    precision: m.precision().to_string(),
+                    device: m.device().to_string(),
+                    classes: m.classes().to_string(),
+                })
+                .set(1);
+            self.set_drift(&self.drift_for(model).report());
+        }
+    }
+
+    /// The drift monitor of `model`'s name, created (for this version) on first use.
+    pub fn drift_for(&self, model: &ServedModel) -> Arc<DriftMonitor> {
+        let mut monitors = self.drift.lock().unwrap_or_else(|e| e.into_inner());
+        monitors
+            .entry(model.name.clone())
+            .or_insert_with(|| {
+                let monitor = DriftMonitor::new(self.drift_config);
+                monitor.reset(model);
+                Arc::new(monitor)
             })
-            .set(1);
+            .clone()
     }
 
     /// Counts a reload attempt.
@@ -306,7 +333,8 @@ impl Telemetry {
         self.batch_size.observe(images as f64);
     }
 
-    /// Feeds one job's images and logits to the drift monitor and updates the gauges.
+    /// Feeds one job's images and logits to its model's drift monitor and updates the
+    /// gauges.
     pub fn observe_outputs(&self, model: &ServedModel, pixels: &Pixels, images: usize, logits: &[f32]) {
         let [channels, h, w] = model.input_shape();
         let classes = model.model.classes().max(1);
@@ -326,7 +354,7 @@ impl Telemetry {
             let (class, confidence) = top1(row);
             observations.push(Observation { features: features.values(), class, confidence });
         }
-        let (report, transition) = self.drift.observe(model, &observations);
+        let (report, transition) = self.drift_for(model).observe(model, &observations);
         self.set_drift(&report);
         match transition {
             Some(Transition::Raised) => tracing::warn!(
@@ -346,16 +374,18 @@ impl Telemetry {
 
     /// Copies a drift report into the gauges.
     pub fn set_drift(&self, report: &DriftReport) {
-        self.drift_score.set(report.score);
-        self.drift_class_js.set(report.class_js);
-        self.drift_window.set(i64::try_from(report.window_images).unwrap_or(i64::MAX));
-        self.drift_alert.set(i64::from(report.drifting));
+        let l = DriftLabels { model: report.model.clone() };
+        self.drift_score.get_or_create(&l).set(report.score);
+        self.drift_class_js.get_or_create(&l).set(report.class_js);
+        self.drift_window.get_or_create(&l).set(i64::try_from(report.window_images).unwrap_or(i64::MAX));
+        self.drift_alert.get_or_create(&l).set(i64::from(report.drifting));
+        let feature = |name: &str| FeatureLabels { model: report.model.clone(), feature: name.into() };
         for f in &report.features {
-            self.drift_psi.get_or_create(&FeatureLabels { feature: f.name.clone() }).set(f.psi);
+            self.drift_psi.get_or_create(&feature(&f.name)).set(f.psi);
         }
         if report.features.is_empty() {
             for name in FEATURE_NAMES {
-                self.drift_psi.get_or_create(&FeatureLabels { feature: name.into() }).set(0.0);
+                self.drift_psi.get_or_create(&feature(name)).set(0.0);
             }
         }
     }

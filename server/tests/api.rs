@@ -262,12 +262,12 @@ fn metrics_and_drift_endpoints() {
         "cifar_request_duration_seconds_count{endpoint=\"/v1/classify\"} 11",
         "cifar_queue_duration_seconds_count 10",
         "cifar_batch_size_sum 10",
-        "cifar_drift_window_images 10",
+        "cifar_drift_window_images{model=\"tiny-int8\"} 10",
         "cifar_model_info{model=\"tiny-int8\",version=\"1\",digest=\"sha256:",
         "cifar_requests_in_flight 1",
         "# TYPE cifar_compute_duration_seconds histogram",
         "# TYPE nv_inference_pending_request_count gauge",
-        "cifar_drift_psi{feature=\"blur\"}",
+        "cifar_drift_psi{model=\"tiny-int8\",feature=\"blur\"}",
     ] {
         assert!(m.contains(name), "/metrics lacks `{name}`:\n{m}");
     }

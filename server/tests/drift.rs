@@ -93,7 +93,7 @@ fn shifted_inputs_raise_the_drift_alarm_and_validation_images_do_not() {
         assert_eq!(ok["judged"], true, "{ok}");
         assert_eq!(ok["drifting"], false, "validation images must not look drifted: {ok}");
         assert!(ok["score"].as_f64().unwrap() < ok["threshold"].as_f64().unwrap(), "{ok}");
-        assert_eq!(server.metric("cifar_drift_alert"), Some(0.0));
+        assert_eq!(server.metric("cifar_drift_alert{model=\"tiny-int8\"}"), Some(0.0));
 
         serve_all(&server, shifted);
         let bad = report(&server);
@@ -106,8 +106,8 @@ fn shifted_inputs_raise_the_drift_alarm_and_validation_images_do_not() {
         eprintln!("{name}: score {} class_js {} worst feature {worst}", bad["score"], bad["class_js"]);
         assert_eq!(bad["drifting"], true, "{name} images were not flagged: {bad}");
         assert!(bad["score"].as_f64().unwrap() > bad["threshold"].as_f64().unwrap(), "{bad}");
-        assert_eq!(server.metric("cifar_drift_alert"), Some(1.0), "{name}");
-        let score = server.metric("cifar_drift_score").unwrap();
+        assert_eq!(server.metric("cifar_drift_alert{model=\"tiny-int8\"}"), Some(1.0), "{name}");
+        let score = server.metric("cifar_drift_score{model=\"tiny-int8\"}").unwrap();
         assert!(score > 0.25, "{name}: cifar_drift_score {score}");
     }
     // The expected feature moved the most for each shift: checked on the last (noise).

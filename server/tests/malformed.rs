@@ -261,7 +261,7 @@ fn cases() -> Vec<Case> {
             header_len: None,
             body: Vec::new(),
             status: 400,
-            message: "serves exactly one model",
+            message: "serves one model file",
         },
         Case {
             name: "load of another model",

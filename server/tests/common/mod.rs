@@ -50,6 +50,14 @@ impl Server {
         Self::start_with(dir, model, extra, Stdio::null(), stderr, &[])
     }
 
+    /// Starts `cifar-serve --model-repository <repo> <extra>`.
+    pub fn start_repository(repo: &Path, extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("server.log");
+        let stderr = Stdio::from(std::fs::File::create(&log).expect("log file"));
+        Self::spawn(dir, ("--model-repository", repo), extra, Stdio::null(), stderr, &[])
+    }
+
     /// Like [`Server::start`] with the given stdout, stderr and environment.
     pub fn start_with(
         dir: tempfile::TempDir,
@@ -59,11 +67,22 @@ impl Server {
         stderr: Stdio,
         env: &[(&str, &str)],
     ) -> Server {
+        Self::spawn(dir, ("--model", model), extra, stdout, stderr, env)
+    }
+
+    fn spawn(
+        dir: tempfile::TempDir,
+        (flag, source): (&str, &Path),
+        extra: &[&str],
+        stdout: Stdio,
+        stderr: Stdio,
+        env: &[(&str, &str)],
+    ) -> Server {
         let ready = dir.path().join("addr");
         let log = dir.path().join("server.log");
         let child = Command::new(env!("CARGO_BIN_EXE_cifar-serve"))
-            .arg("--model")
-            .arg(model)
+            .arg(flag)
+            .arg(source)
             .args(["--addr", "127.0.0.1:0", "--ready-file"])
             .arg(&ready)
             .args(extra)
@@ -221,4 +240,18 @@ pub fn replace_model(dst: &Path, from: &Path) {
     let tmp = dst.with_extension("tmp");
     std::fs::copy(from, &tmp).expect("copy");
     std::fs::rename(&tmp, dst).expect("rename");
+}
+
+/// Runs `cifar-load` against `server` (errors allowed) and returns its JSON report.
+pub fn run_load(server: &Server, model: &str, endpoint: &str, requests: usize, concurrency: usize) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_cifar-load"))
+        .args(["--url", &server.url, "--model", model, "--endpoint", endpoint, "--json", "--allow-errors"])
+        .args(["--requests", &requests.to_string(), "--concurrency", &concurrency.to_string()])
+        .arg("--image")
+        .args(sample_images())
+        .output()
+        .expect("run cifar-load");
+    assert!(out.status.success(), "cifar-load failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("cifar-load output {e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
