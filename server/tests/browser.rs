@@ -81,6 +81,7 @@ fn open_page(url: &str) -> (Browser, Page) {
     let profile = tempfile::tempdir().unwrap();
     let child = Command::new(exe)
         .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"])
+        .arg("--window-size=900,760")
         .args(["--remote-debugging-port=0", "--remote-allow-origins=*"])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(url)
@@ -134,6 +135,23 @@ fn the_web_page_classifies_an_uploaded_image() {
         Duration::from_secs(30),
     );
     assert!(info.contains("tiny-f32") && info.contains("f32"), "{info}");
+    // The served models are listed, and the drift status is shown.
+    assert_eq!(page.eval("document.getElementById('model-select').value"), json!("tiny-f32"));
+    let listed = page.wait_for_text("document.getElementById('model-list').textContent", Duration::from_secs(10));
+    assert!(listed.contains("tiny-f32 v1"), "{listed}");
+    let drift = page.wait_for_text(
+        "(() => { const t = document.getElementById('drift').textContent; return t.includes('images') ? t : ''; })()",
+        Duration::from_secs(10),
+    );
+    assert!(drift.starts_with("drift: "), "{drift}");
+    // Layout: nothing overlaps the drop box (the model line used to be crossed by its border).
+    let overlaps = page.eval(
+        "(() => { const d = document.getElementById('drop').getBoundingClientRect();
+                  return ['model', 'models', 'drift'].filter((id) => {
+                    const r = document.getElementById(id).getBoundingClientRect();
+                    return r.bottom > d.top && r.top < d.bottom; }); })()",
+    );
+    assert_eq!(overlaps, json!([]), "elements overlapping the drop box");
 
     for image in sample_images().iter().take(3) {
         // Choose the file in the page's <input type=file>, as a user would.
@@ -152,5 +170,37 @@ fn the_web_page_classifies_an_uploaded_image() {
         assert_eq!(bars, json!(5), "the page shows the top-5 bars");
         let status = page.eval("document.getElementById('status').textContent");
         assert!(status.as_str().unwrap().contains("ms compute"), "{status}");
+        // The chosen image is shown, left of its top-5 bars.
+        let placed = page.eval(
+            "(() => { const p = document.getElementById('preview');
+                      const r = p.getBoundingClientRect(), b = document.getElementById('result').getBoundingClientRect();
+                      return p.complete && p.naturalWidth > 0 && r.width >= 100 && r.height >= 100 && r.right <= b.left; })()",
+        );
+        assert_eq!(placed, json!(true), "the preview is not shown beside the bars");
     }
+    // A screenshot, as a person would look at it (kept for a human to open).
+    let shot = page.call("Page.captureScreenshot", json!({ "format": "png" }));
+    let png = base64_decode(shot["data"].as_str().unwrap());
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 5_000, "screenshot of {} bytes", png.len());
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cifar-serve-page.png");
+    std::fs::write(&out, png).unwrap();
+    eprintln!("screenshot: {}", out.display());
+}
+
+/// Standard base64 (the DevTools protocol's encoding of binary data).
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let bytes: Vec<u8> = text.bytes().filter(|&c| c != b'=' && !c.is_ascii_whitespace()).collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let v = chunk.iter().enumerate().fold(0u32, |acc, (i, &c)| acc | u32::from(value(c)) << (18 - 6 * i));
+        out.extend_from_slice(&v.to_be_bytes()[1..chunk.len()]);
+    }
+    out
 }
