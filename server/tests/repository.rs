@@ -161,8 +161,21 @@ fn two_models_versions_load_unload_and_poll_under_load() {
     assert_eq!(infer_status(&server, "alpha", Some("1")).0, 404);
     assert!(server.metrics().contains("nv_inference_request_success{model=\"alpha\",version=\"2\"}"));
 
-    // Unload: later requests get a clear 404; the index says why; load brings it back.
-    assert_eq!(post(&server, "/v2/repository/models/beta/unload").0, 200);
+    // Unload under load: requests already accepted finish (no 5xx, no dropped
+    // connection); later ones get a clear 404; the index says why; load brings it back.
+    let unloader = {
+        let url = server.url.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            client().post(format!("{url}/v2/repository/models/beta/unload")).send().unwrap().status().as_u16()
+        })
+    };
+    let report = run_load(&server, "beta", "infer-binary", 20_000, 64);
+    assert_eq!(unloader.join().unwrap(), 200);
+    let errors = report["errors"].as_object().unwrap();
+    assert!(report["ok"].as_u64().unwrap() > 0, "{report}");
+    assert!(errors.keys().all(|e| e.starts_with("HTTP 404") && e.contains("not available")), "{report}");
+    assert_eq!(report["ok"].as_u64().unwrap() + report["failed"].as_u64().unwrap(), 20_000, "{report}");
     let (s, e) = infer_status(&server, "beta", None);
     assert_eq!(s, 404);
     assert!(e["error"].as_str().unwrap_or("").contains("not available: unloaded"), "{e}");
