@@ -11,7 +11,9 @@ root="$PWD"
 source scripts/target-dir.sh
 work="$target/triton-test"
 mkdir -p "$work"
-cargo build -q --release --locked -p cifar-server --bin cifar-serve
+# The same build as scripts/test.sh's `cargo test` (nothing is rebuilt after it): a
+# `cargo build -p cifar-server` would resolve other features and build crates again.
+cargo test -q --release --locked --workspace --no-run 2>/dev/null
 cargo run -q --release --locked -p cifar-ffi --example dump_logits -- fixtures "$work/rust_logits.txt"
 venv="$target/triton-venv"
 req=server/tests/triton/requirements.txt
