@@ -156,7 +156,21 @@ impl Worker {
                 .into_iter()
                 .partition(|j| Arc::ptr_eq(&j.model, &model) && matches!(j.pixels, Pixels::Rgb8(_)) == rgb);
             jobs = rest;
-            self.run_group(&model, group);
+            // At most the model's own batch size per run (its `config.toml` may set one
+            // below `--max-batch`); a single larger request still runs whole.
+            let mut chunk: Vec<Job> = Vec::new();
+            let mut images = 0;
+            for job in group {
+                if !chunk.is_empty() && images + job.images > model.max_batch {
+                    self.run_group(&model, std::mem::take(&mut chunk));
+                    images = 0;
+                }
+                images += job.images;
+                chunk.push(job);
+            }
+            if !chunk.is_empty() {
+                self.run_group(&model, chunk);
+            }
         }
     }
 

@@ -36,8 +36,9 @@ pub struct Config {
 
     /// A model repository in Triton's layout: `DIR/<name>/<version>/model.cifar`, each
     /// model with an optional `DIR/<name>/config.toml` (`version_policy = "latest"` with
-    /// `latest = N` (default 1), `"all"`, or `"specific"` with `versions = [..]`; and
-    /// `labels = [..]` to rename the classes). Every model is loaded at start-up; the
+    /// `latest = N` (default 1), `"all"`, or `"specific"` with `versions = [..]`;
+    /// `labels = [..]` to rename the classes; `max_batch = N` to batch this model in
+    /// smaller batches than `--max-batch`). Every model is loaded at start-up; the
     /// repository API loads and unloads them by name.
     #[arg(long, env = "CIFAR_SERVE_MODEL_REPOSITORY", value_name = "DIR")]
     pub model_repository: Option<PathBuf>,

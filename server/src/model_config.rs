@@ -32,7 +32,8 @@ pub struct TensorConfig {
 pub struct ModelConfigView {
     /// The served name.
     pub name: String,
-    /// Most images a worker runs as one batch (`--max-batch`).
+    /// Most images a worker runs as one batch (the model's `max_batch`, at most
+    /// `--max-batch`).
     pub max_batch_size: i32,
     /// The two inputs (send exactly one).
     pub inputs: Vec<TensorConfig>,
@@ -77,7 +78,7 @@ impl ModelConfigView {
         ]);
         Self {
             name: model.name.clone(),
-            max_batch_size: i32::try_from(config.max_batch).unwrap_or(i32::MAX),
+            max_batch_size: i32::try_from(model.max_batch.min(config.max_batch as usize)).unwrap_or(i32::MAX),
             inputs: vec![
                 input(INPUT_UINT8, "TYPE_UINT8", "FORMAT_NHWC", vec![h, w, c]),
                 input(INPUT_FP32, "TYPE_FP32", "FORMAT_NCHW", vec![c, h, w]),

@@ -1,6 +1,6 @@
 //! The served models: one file (`--model`), or a model repository in Triton's layout
 //! (`--model-repository DIR`: `DIR/<name>/<version>/model.cifar`, with an optional
-//! `DIR/<name>/config.toml` for the version policy and labels).
+//! `DIR/<name>/config.toml` for the version policy, labels and batch size).
 //!
 //! The set of loaded models is one immutable snapshot swapped atomically. Requests take
 //! an `Arc` of the model version they were accepted for and finish on it, so a load,
@@ -50,6 +50,9 @@ struct ModelDirConfig {
     /// Class names to report instead of the ones in the model file.
     #[serde(default)]
     labels: Option<Vec<String>>,
+    /// Most images of this model in one batch (at most `--max-batch`, the default).
+    #[serde(default)]
+    max_batch: Option<usize>,
 }
 
 /// One loaded version of a model.
@@ -72,6 +75,8 @@ pub struct ServedModel {
     pub path: PathBuf,
     /// The version policy of its model.
     pub policy: VersionPolicy,
+    /// Most images of this model a worker runs as one batch.
+    pub max_batch: usize,
     labels: Vec<String>,
     /// Size and modification time of the file when loaded (a poll reloads on change).
     stamp: (u64, Option<SystemTime>),
@@ -481,12 +486,29 @@ fn load_dir_model(
     if selected.is_empty() {
         return Err(format!("{name}: no version directory with a {MODEL_FILE} in {}", dir.display()));
     }
+    let options = match config.max_batch {
+        Some(n) if (1..=options.max_batch).contains(&n) => ModelOptions { max_batch: n, ..options.clone() },
+        Some(n) => {
+            return Err(format!(
+                "{}: max_batch must be in 1..={} (--max-batch), got {n}",
+                config_path.display(),
+                options.max_batch
+            ))
+        }
+        None => options.clone(),
+    };
+    let options = &options;
     let mut versions = BTreeMap::new();
     let mut changed = selected.len() != old.len();
     for v in selected {
         let path = dir.join(v.to_string()).join(MODEL_FILE);
         match old.get(&v) {
-            Some(m) if m.path == path && m.stamp == stamp(&path) && m.policy == policy => {
+            Some(m)
+                if m.path == path
+                    && m.stamp == stamp(&path)
+                    && m.policy == policy
+                    && m.max_batch == options.max_batch =>
+            {
                 versions.insert(v, m.clone());
             }
             _ => {
@@ -509,6 +531,7 @@ fn load_version(
     labels: Option<Vec<String>>,
 ) -> cifar_sdk::Result<ServedModel> {
     let stamp = stamp(path);
+    let max_batch = options.max_batch;
     let model = Model::open(path, options)?;
     // A session is built once here so that a file whose plan cannot be made (e.g. too
     // large for memory) is rejected before it replaces a working model.
@@ -535,6 +558,7 @@ fn load_version(
         stats: Default::default(),
         path: path.to_path_buf(),
         policy,
+        max_batch,
         labels,
         stamp,
     })

@@ -55,7 +55,7 @@ fn two_models_versions_load_unload_and_poll_under_load() {
     let labels: Vec<String> = (0..10).map(|i| format!("class-{i}")).collect();
     std::fs::write(
         root.join("beta/config.toml"),
-        format!("version_policy = \"all\"\nlabels = {}\n", serde_json::to_string(&labels).unwrap()),
+        format!("version_policy = \"all\"\nmax_batch = 4\nlabels = {}\n", serde_json::to_string(&labels).unwrap()),
     )
     .unwrap();
     // A directory that is not a loadable model is listed as unavailable, not fatal.
@@ -94,7 +94,22 @@ fn two_models_versions_load_unload_and_poll_under_load() {
     assert_eq!((s, beta1["model_version"].as_str()), (200, Some("1")), "{beta1}");
     assert_eq!(server.get_json("/v2/models/beta").1["versions"], json!(["1", "2"]));
     assert_eq!(server.get_json("/v2/models/beta").1["parameters"]["labels"][3], "class-3");
-    assert_eq!(server.get_json("/v2/models/beta/config").1["version_policy"], json!({ "all": {} }));
+    let config = server.get_json("/v2/models/beta/config").1;
+    assert_eq!(config["version_policy"], json!({ "all": {} }));
+    assert_eq!(
+        (config["max_batch_size"].as_u64(), server.get_json("/v2/models/alpha/config").1["max_batch_size"].as_u64()),
+        (Some(4), Some(64))
+    );
+    // beta's own batch size holds under load: its batches never exceed 4 images.
+    assert_eq!(run_load(&server, "beta", "infer-binary", 3_000, 32)["failed"], 0);
+    let stats = server.get_json("/v2/models/beta/versions/2/stats").1;
+    let sizes: Vec<u64> = stats["model_stats"][0]["batch_stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["batch_size"].as_u64().unwrap())
+        .collect();
+    assert!(sizes.iter().all(|&b| b <= 4) && sizes.iter().any(|&b| b > 1), "beta batch sizes {sizes:?}");
     // Classification names the repository's labels.
     let c = client()
         .post(server.at("/v1/classify?model=beta"))
