@@ -13,7 +13,7 @@ work="$target/triton-test"
 mkdir -p "$work"
 # The same build as scripts/test.sh's `cargo test` (nothing is rebuilt after it): a
 # `cargo build -p cifar-server` would resolve other features and build crates again.
-cargo test -q --release --locked --workspace --no-run 2>/dev/null
+cargo test -q --release --locked --workspace --no-run
 cargo run -q --release --locked -p cifar-ffi --example dump_logits -- fixtures "$work/rust_logits.txt"
 venv="$target/triton-venv"
 req=server/tests/triton/requirements.txt

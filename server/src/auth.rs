@@ -56,9 +56,9 @@ impl Keys {
         Ok(Self { api, admin, metrics: config.auth_metrics })
     }
 
-    /// Whether any key is set.
-    pub fn any(&self) -> bool {
-        self.api.is_some() || self.admin.is_some()
+    /// Whether inference needs a key.
+    pub fn has_api_key(&self) -> bool {
+        self.api.is_some()
     }
 
     /// Checks the `Authorization` value of a request for `scope`.

@@ -123,8 +123,11 @@ impl Worker {
         while let Ok(first) = self.rx.recv() {
             let deadline = first.enqueued + self.policy.max_queue_delay;
             let mut images = first.images;
+            // Gather up to the first job's model batch size (its `config.toml` may set one
+            // below `--max-batch`), so that no worker runs a queue of small chunks alone.
+            let limit = self.policy.max_batch.min(first.model.max_batch);
             let mut batch = vec![first];
-            while images < self.policy.max_batch {
+            while images < limit {
                 let next = if self.policy.max_queue_delay.is_zero() {
                     self.rx.try_recv().map_err(|_| RecvTimeoutError::Timeout)
                 } else {

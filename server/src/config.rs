@@ -11,7 +11,7 @@ use clap::Parser;
 ///
 /// Endpoints: the Open Inference Protocol v2 (`/v2/...`, with the binary tensor data and
 /// classification extensions, model configuration and statistics in Triton's shapes, and
-/// the model repository `load` call), the same over gRPC with `--grpc-addr`,
+/// the model repository index, load and unload calls), the same over gRPC with `--grpc-addr`,
 /// `POST /v1/classify` for image files, a web page at `/`, Prometheus metrics at
 /// `/metrics` (text format 0.0.4, Triton's names; `?format=openmetrics` for OpenMetrics)
 /// and the input drift report at `/v1/drift`. Access control: `--api-key-file`,

@@ -67,6 +67,10 @@ struct Reference {
 struct Window {
     model: String,
     version: u64,
+    /// The digest of the model version the window belongs to (a reload of the same
+    /// version number with another file, or a rollback to a lower version, is another
+    /// model).
+    digest: String,
     reference: Option<Reference>,
     samples: VecDeque<Sample>,
     feature_counts: Vec<Vec<u64>>,
@@ -156,10 +160,12 @@ impl DriftMonitor {
     /// Adds the images of one request; returns the report and any alarm change.
     pub fn observe(&self, model: &ServedModel, observations: &[Observation]) -> (DriftReport, Option<Transition>) {
         let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
-        if model.version > w.version || w.model.is_empty() {
+        // The window follows the model version the last load made current (`reset`);
+        // requests still finishing on another version are not counted.
+        if w.model.is_empty() {
             *w = Window::for_model(model);
         }
-        if model.version == w.version {
+        if model.version == w.version && model.digest == w.digest {
             for o in observations {
                 w.push(o, self.config.window);
             }
@@ -187,12 +193,11 @@ impl DriftMonitor {
         report
     }
 
-    /// Starts over with an empty window for `model` (used after a reload).
+    /// Starts over with an empty window for `model` (after every load that changed
+    /// what is served, including a rollback to a lower version).
     pub fn reset(&self, model: &ServedModel) {
         let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
-        if model.version >= w.version {
-            *w = Window::for_model(model);
-        }
+        *w = Window::for_model(model);
     }
 }
 
@@ -225,6 +230,7 @@ impl Window {
         Self {
             model: model.name.clone(),
             version: model.version,
+            digest: model.digest.clone(),
             reference,
             samples: VecDeque::new(),
             feature_counts,

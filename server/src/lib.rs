@@ -169,10 +169,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let grpc_addr =
         grpc_listener.as_ref().map(|l| l.local_addr()).transpose().context("cannot read the gRPC address")?;
     let loopback_only = addr.ip().is_loopback() && grpc_addr.is_none_or(|a| a.ip().is_loopback());
-    if !keys.any() && !loopback_only {
-        tracing::warn!(
-            "listening beyond loopback without --api-key-file: anyone who reaches the port can infer and reload"
-        );
+    if !keys.has_api_key() && !loopback_only {
+        tracing::warn!("listening beyond loopback without --api-key-file: anyone who reaches the port can infer");
     }
     let state: AppState =
         Arc::new(Shared { config, repository, batcher, telemetry, keys, shutting_down: AtomicBool::new(false) });

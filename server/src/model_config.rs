@@ -78,7 +78,11 @@ impl ModelConfigView {
         ]);
         Self {
             name: model.name.clone(),
-            max_batch_size: i32::try_from(model.max_batch.min(config.max_batch as usize)).unwrap_or(i32::MAX),
+            // What a client may send in one request and have batched whole.
+            max_batch_size: i32::try_from(
+                model.max_batch.min(config.max_batch as usize).min(config.max_images as usize),
+            )
+            .unwrap_or(i32::MAX),
             inputs: vec![
                 input(INPUT_UINT8, "TYPE_UINT8", "FORMAT_NHWC", vec![h, w, c]),
                 input(INPUT_FP32, "TYPE_FP32", "FORMAT_NCHW", vec![c, h, w]),

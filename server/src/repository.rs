@@ -78,8 +78,8 @@ pub struct ServedModel {
     /// Most images of this model a worker runs as one batch.
     pub max_batch: usize,
     labels: Vec<String>,
-    /// Size and modification time of the file when loaded (a poll reloads on change).
-    stamp: (u64, Option<SystemTime>),
+    /// The file's [`stamp`] when loaded (a poll reloads on change).
+    stamp: Stamp,
 }
 
 impl ServedModel {
@@ -200,6 +200,9 @@ impl Repository {
         for name in &names {
             if let Err(e) = repo.load(name).await {
                 tracing::error!(model = %name, "cannot load: {e}");
+                let mut next = (**repo.models.load()).clone();
+                next.insert(name.clone(), Entry { versions: BTreeMap::new(), unavailable: Some(e) });
+                repo.models.store(Arc::new(next));
             }
         }
         if repo.all().is_empty() {
@@ -306,8 +309,18 @@ impl Repository {
     /// version). Every version is validated before the swap; on error the model keeps
     /// serving what it served and the error says why.
     pub async fn load(&self, name: &str) -> Result<Loaded, String> {
+        self.load_as(name, false).await
+    }
+
+    /// [`Repository::load`]; a poll (`from_poll`) leaves names unloaded through the API
+    /// alone, checked under the lock so that an unload between the poll's scan and its
+    /// load wins.
+    async fn load_as(&self, name: &str, from_poll: bool) -> Result<Loaded, String> {
         let _guard = self.lock.lock().await;
         if let Ok(mut u) = self.unloaded.lock() {
+            if from_poll && u.contains(name) {
+                return Ok(Loaded { versions: Vec::new(), changed: false });
+            }
             u.remove(name);
         }
         let current = self.models.load().get(name).cloned();
@@ -356,11 +369,12 @@ impl Repository {
         }
         let mut next = (**self.models.load()).clone();
         match next.get_mut(name) {
-            Some(e) if e.unavailable.is_none() => {
+            Some(e) => {
+                // Unloading what is not loaded is not an error (as in Triton).
                 e.versions.clear();
                 e.unavailable = Some("unloaded through the repository API".into());
             }
-            _ => return Err(format!("model `{name}` is not loaded")),
+            None => return Err(format!("unknown model `{name}`")),
         }
         self.models.store(Arc::new(next));
         if let Ok(mut u) = self.unloaded.lock() {
@@ -374,11 +388,18 @@ impl Repository {
     /// unloaded. Returns what changed, by name.
     pub async fn poll(&self) -> Vec<(String, Result<Loaded, String>)> {
         let Source::Dir { root } = &self.source else { return Vec::new() };
-        let on_disk = model_names(root).unwrap_or_default();
-        let unloaded = self.unloaded.lock().map(|u| u.clone()).unwrap_or_default();
+        // A repository that cannot be read now (permissions, a network file system)
+        // says nothing about its models: skip this poll instead of unloading them all.
+        let on_disk = match model_names(root) {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::warn!("repository poll skipped: {e}");
+                return Vec::new();
+            }
+        };
         let mut out = Vec::new();
-        for name in on_disk.iter().filter(|n| !unloaded.contains(*n)) {
-            match self.load(name).await {
+        for name in &on_disk {
+            match self.load_as(name, true).await {
                 Ok(l) if !l.changed => {}
                 r => out.push((name.clone(), r)),
             }
@@ -432,9 +453,19 @@ fn model_names(root: &Path) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
-fn stamp(path: &Path) -> (u64, Option<SystemTime>) {
-    std::fs::metadata(path).map(|m| (m.len(), m.modified().ok())).unwrap_or((0, None))
+/// What tells a replaced model file from the loaded one without reading it: its inode
+/// (a rename-replacement, as deployments do it, changes it even when size and mtime are
+/// kept by `cp -p` or `rsync -a`), size and modification time.
+fn stamp(path: &Path) -> Stamp {
+    let Ok(m) = std::fs::metadata(path) else { return (0, 0, None) };
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&m);
+    #[cfg(not(unix))]
+    let inode = 0;
+    (inode, m.len(), m.modified().ok())
 }
+
+type Stamp = (u64, u64, Option<SystemTime>);
 
 /// Loads the versions of `DIR/<name>` its policy selects; versions whose file did not
 /// change since `old` are kept as they are. Returns them and whether the set changed.

@@ -223,8 +223,21 @@ fn model_ready_response(state: &AppState, name: &str, version: Option<&str>) -> 
     Ok(Json(json!({ "name": model.name, "version": model.version_string(), "ready": true })).into_response())
 }
 
-async fn repository_index(State(state): State<AppState>) -> Json<Value> {
-    Json(json!(state.repository.index()))
+/// `POST /v2/repository/index`, with an optional `{"ready": true}` body (ready models only).
+async fn repository_index(State(state): State<AppState>, body: axum::body::Bytes) -> ApiResult<Json<Value>> {
+    let ready_only = if body.iter().all(u8::is_ascii_whitespace) {
+        false
+    } else {
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("the index request body must be JSON: {e}")))?;
+        match v.get("ready") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => return Err(ApiError::bad_request(format!("`ready` must be true or false, got {other}"))),
+        }
+    };
+    let rows: Vec<_> = state.repository.index().into_iter().filter(|r| !ready_only || r.state == "READY").collect();
+    Ok(Json(json!(rows)))
 }
 
 /// Loads or reloads a model: validated first, swapped in atomically; on failure what was

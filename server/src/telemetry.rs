@@ -396,22 +396,34 @@ impl Telemetry {
 /// `_total` to every counter sample; Triton's counters (`nv_*`) have no suffix, and
 /// dashboards made for Triton look for the bare names. The two formats otherwise share
 /// their line syntax, so the rewrite is line by line: `nv_*` counter samples lose
-/// `_total` (our own `cifar_*` counters keep it, as Prometheus names counters), the
+/// `_total`; our own counters keep it (as Prometheus names counters) and their `# HELP`
+/// and `# TYPE` lines take the same name, as 0.0.4 parsers match them by name; the
 /// OpenMetrics-only lines (`# UNIT`, `# EOF`) and `_created` samples go, and any
 /// exemplar after ` # ` is dropped.
 pub fn openmetrics_to_text(openmetrics: &str) -> String {
     let mut out = String::with_capacity(openmetrics.len());
     let mut bare_counter: Option<String> = None;
+    // `# HELP` comes before `# TYPE`: held until the type says what to call the family.
+    let mut help: Option<(String, String)> = None;
     for line in openmetrics.lines() {
         if line == "# EOF" || line.starts_with("# UNIT ") {
             continue;
         }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, text) = rest.split_once(' ').unwrap_or((rest, ""));
+            help = Some((name.to_string(), text.to_string()));
+            continue;
+        }
         if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let mut parts = rest.split(' ');
-            let (name, kind) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            bare_counter = (kind == "counter" && name.starts_with("nv_")).then(|| name.to_string());
-            out.push_str(line);
-            out.push('\n');
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let counter = kind == "counter";
+            bare_counter = (counter && name.starts_with("nv_")).then(|| name.to_string());
+            let family = if counter && !name.starts_with("nv_") { format!("{name}_total") } else { name.to_string() };
+            if let Some((h, text)) = help.take() {
+                let h = if h == name { family.clone() } else { h };
+                out.push_str(&format!("# HELP {h} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {family} {kind}\n"));
             continue;
         }
         if line.starts_with('#') {
@@ -504,6 +516,10 @@ mod tests {
         assert!(text.contains("\nnv_inference_request_success{model=\"m\",version=\"1\"} 3\n"), "{text}");
         assert!(!text.contains("nv_inference_request_success_total"), "{text}");
         assert!(text.contains("# TYPE nv_inference_request_success counter"), "{text}");
+        assert!(text.contains("# HELP nv_inference_request_success Successful inference requests"), "{text}");
+        // Our counters: the family name in HELP and TYPE is the sample name.
+        assert!(text.contains("# TYPE cifar_http_requests_total counter"), "{text}");
+        assert!(text.contains("# HELP cifar_http_requests_total "), "{text}");
         assert!(text.contains("cifar_http_requests_total{endpoint=\"/v1/classify\",code=\"200\"} 1"), "{text}");
         assert!(text.contains("cifar_batch_size_bucket{le=\"4.0\"} 1"), "{text}");
         assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "{text}");

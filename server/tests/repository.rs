@@ -191,11 +191,16 @@ fn two_models_versions_load_unload_and_poll_under_load() {
     assert!(report["ok"].as_u64().unwrap() > 0, "{report}");
     assert!(errors.keys().all(|e| e.starts_with("HTTP 404") && e.contains("not available")), "{report}");
     assert_eq!(report["ok"].as_u64().unwrap() + report["failed"].as_u64().unwrap(), 20_000, "{report}");
+    assert_eq!(post(&server, "/v2/repository/models/beta/unload").0, 200, "unloading twice is not an error");
+    assert_eq!(post(&server, "/v2/repository/models/nope/unload").0, 400);
     let (s, e) = infer_status(&server, "beta", None);
     assert_eq!(s, 404);
     assert!(e["error"].as_str().unwrap_or("").contains("not available: unloaded"), "{e}");
     let index = post(&server, "/v2/repository/index").1;
     assert!(index.as_array().unwrap().iter().any(|r| r["name"] == "beta" && r["state"] == "UNAVAILABLE"), "{index}");
+    let ready = client().post(server.at("/v2/repository/index")).body(r#"{"ready": true}"#).send().unwrap();
+    let ready: Value = ready.json().unwrap();
+    assert!(ready.as_array().unwrap().iter().all(|r| r["state"] == "READY" && r["name"] != "beta"), "{ready}");
     // A poll does not bring an unloaded model back.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(infer_status(&server, "beta", None).0, 404);
