@@ -63,6 +63,29 @@ enum Command {
     /// batches, and each step's loss, gradients and weights (for the PyTorch parity
     /// harness in benches/parity).
     Trace(crate::trace::TraceArgs),
+    /// Experiment tracking (MLflow): `track sync RUN` uploads a run the live mirror could
+    /// not finish (server down during training), or adds files made later (a compiled
+    /// `.cifar`).
+    #[command(subcommand)]
+    Track(TrackCommand),
+}
+
+#[derive(Subcommand)]
+enum TrackCommand {
+    /// Upload a run directory to the tracking server: params, the metrics not yet sent,
+    /// the artifacts (config, summary, plots, compiled models) and, for a finished run,
+    /// its FINISHED status. Safe to repeat.
+    #[command(after_help = "\
+Examples:
+  trainer track sync runs/<id>                                   # the run's [tracking] uri or MLFLOW_TRACKING_URI
+  trainer track sync runs/<id> --tracking-uri http://127.0.0.1:5000")]
+    Sync {
+        /// The run directory.
+        run: PathBuf,
+        /// The MLflow server (default: the run's `[tracking] uri`, else `MLFLOW_TRACKING_URI`).
+        #[arg(long, value_name = "URI")]
+        tracking_uri: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -187,6 +210,11 @@ struct FitArgs {
     /// Where to write the run (default runs/<time>-<config name>).
     #[arg(long)]
     run_dir: Option<PathBuf>,
+    /// Mirror the run into this MLflow tracking server (default: the config's
+    /// `[tracking] uri`, else `MLFLOW_TRACKING_URI`). A server that is down never stops
+    /// training; `trainer track sync` completes the record later.
+    #[arg(long, value_name = "URI")]
+    tracking_uri: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -270,6 +298,7 @@ pub fn main() -> Result<()> {
             gpu_check(args)
         }
         Command::Trace(args) => crate::trace::trace_command(args, cli.quiet),
+        Command::Track(TrackCommand::Sync { run, tracking_uri }) => crate::track::sync(&run, tracking_uri.as_deref()),
         Command::Prune(args) => crate::prune::prune_command(args, cli.quiet),
         Command::PruneCurve(args) => crate::prune::curve::curve_command(args),
     }
@@ -423,7 +452,12 @@ fn fit(args: FitArgs, quiet: bool) -> Result<()> {
                 );
             }
             let run = RunDir::open(dir)?;
-            let cfg = Config::resolve(Some(&run.file("config.toml")), &[])?;
+            let mut cfg = Config::resolve(Some(&run.file("config.toml")), &[])?;
+            if let Some(uri) = &args.tracking_uri {
+                // Where the run is mirrored, not how it trains: allowed with --resume.
+                cfg.tracking.uri = uri.clone();
+            }
+            crate::track::check(&cfg)?;
             device::set_threads(cfg.threads);
             let (dev, _) = device::select(&cfg.device)?;
             let ck = Checkpoint::load(&run.checkpoint_path(), &dev)
@@ -434,6 +468,10 @@ fn fit(args: FitArgs, quiet: bool) -> Result<()> {
             let mut cfg = Config::resolve(args.config.as_deref(), &args.overrides)?;
             // A pruned run's config trains its net from scratch here: not pruned.
             cfg.pruned = Default::default();
+            if let Some(uri) = &args.tracking_uri {
+                cfg.tracking.uri = uri.clone();
+            }
+            crate::track::check(&cfg)?;
             device::set_threads(cfg.threads);
             let dir = match &args.run_dir {
                 Some(d) => d.clone(),

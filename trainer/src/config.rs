@@ -34,6 +34,23 @@ pub struct Config {
     pub checkpoint: CheckpointConfig,
     /// Where a pruned run's net came from (`trainer prune` fills it in; empty otherwise).
     pub pruned: PruneRecord,
+    /// Experiment tracking (MLflow).
+    pub tracking: TrackingConfig,
+}
+
+/// `[tracking]`: mirror the run into an MLflow tracking server (`crate::track`). The run
+/// directory stays the source of truth; a server that is down or slow never stops or
+/// slows training.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrackingConfig {
+    /// The tracking server, e.g. `http://127.0.0.1:5000`. Empty: `MLFLOW_TRACKING_URI`
+    /// from the environment, or no tracking. Credentials never go here: MLflow's
+    /// `MLFLOW_TRACKING_USERNAME`/`MLFLOW_TRACKING_PASSWORD` or `MLFLOW_TRACKING_TOKEN`
+    /// are read from the environment.
+    pub uri: String,
+    /// The MLflow experiment (default: the config's `name`).
+    pub experiment: String,
 }
 
 /// The provenance of a pruned net, kept in its run's config (and so in the compiled
@@ -223,6 +240,7 @@ impl Default for Config {
             eval: EvalConfig::default(),
             checkpoint: CheckpointConfig::default(),
             pruned: PruneRecord::default(),
+            tracking: TrackingConfig::default(),
         }
     }
 }

@@ -35,6 +35,7 @@ mod prune;
 mod run;
 mod step;
 mod trace;
+mod track;
 mod train;
 
 fn main() -> std::process::ExitCode {

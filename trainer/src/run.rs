@@ -77,6 +77,8 @@ pub struct Summary {
 
 pub struct RunDir {
     pub path: PathBuf,
+    /// Where `log` also sends each record while the run is tracked (`crate::track`).
+    sink: std::sync::Mutex<Option<crate::track::Sink>>,
 }
 
 pub const CHECKPOINT_FORMAT: &str = "cifar-edge-checkpoint/1";
@@ -89,14 +91,26 @@ impl RunDir {
         }
         std::fs::create_dir_all(path.join("checkpoints"))
             .with_context(|| format!("cannot create {}", path.display()))?;
-        Ok(Self { path })
+        Ok(Self::at(path))
+    }
+
+    /// The directory at `path`, without checks.
+    pub fn at(path: PathBuf) -> Self {
+        Self { path, sink: std::sync::Mutex::new(None) }
+    }
+
+    /// Sends every record `log` writes to `sink` too (or stops, with `None`).
+    pub fn set_sink(&self, sink: Option<crate::track::Sink>) {
+        if let Ok(mut s) = self.sink.lock() {
+            *s = sink;
+        }
     }
 
     pub fn open(path: &Path) -> Result<Self> {
         if !path.join("config.toml").exists() {
             bail!("{} is not a run directory (no config.toml)", path.display());
         }
-        Ok(Self { path: path.to_path_buf() })
+        Ok(Self::at(path.to_path_buf()))
     }
 
     pub fn file(&self, name: &str) -> PathBuf {
@@ -133,6 +147,12 @@ impl RunDir {
     pub fn log(&self, record: &serde_json::Value) -> Result<()> {
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(self.file("metrics.jsonl"))?;
         writeln!(f, "{record}")?;
+        if let Ok(sink) = self.sink.lock() {
+            if let Some(s) = sink.as_ref() {
+                // The tracker may have stopped; the file above is the record that counts.
+                let _ = s.send(crate::track::Message::Record(record.clone()));
+            }
+        }
         Ok(())
     }
 

@@ -155,8 +155,18 @@ pub enum Start {
 }
 
 /// Trains according to `cfg` in `run`. An interrupted run fails with a message that
-/// names `resume_command`, which continues it.
+/// names `resume_command`, which continues it. With a tracking server configured, the
+/// run is mirrored there as it goes (`crate::track`).
 pub fn fit(cfg: &Config, run: &RunDir, start: Start, quiet: bool, resume_command: &str) -> Result<Summary> {
+    let mirror = crate::track::Mirror::start(cfg, run)?;
+    let outcome = fit_run(cfg, run, start, quiet, resume_command);
+    if let Some(m) = mirror {
+        m.finish(run, &outcome);
+    }
+    outcome
+}
+
+fn fit_run(cfg: &Config, run: &RunDir, start: Start, quiet: bool, resume_command: &str) -> Result<Summary> {
     let (resume, init) = match start {
         Start::Fresh => (None, None),
         Start::Resume(ck) => (Some(ck), None),

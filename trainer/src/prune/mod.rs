@@ -467,7 +467,7 @@ pub fn prune_command(args: PruneArgs, quiet: bool) -> Result<()> {
     for k in 0..rounds {
         let r = plan.rounds[k].clone();
         let rcfg = round_config(&cfg, &r);
-        let run = RunDir { path: round_dir(&dir, k, rounds) };
+        let run = RunDir::at(round_dir(&dir, k, rounds));
         if run.file("model.safetensors").exists() && run.file("summary.json").exists() {
             // Done, perhaps by a session that died before it updated the plan.
             if plan.rounds[k].val_accuracy.is_none() {
