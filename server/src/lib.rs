@@ -60,7 +60,7 @@ pub type AppState = Arc<Shared>;
 
 /// Loads or reloads the model `name` and records the outcome (`trigger`: `http`,
 /// `grpc`, `sighup` or `poll`).
-pub async fn load(state: &AppState, name: &str, trigger: &str) -> Result<Vec<Arc<ServedModel>>, String> {
+pub async fn load(state: &AppState, name: &str, trigger: &str) -> Result<Vec<Arc<ServedModel>>, repository::LoadError> {
     match state.repository.load(name).await {
         Ok(loaded) => {
             if loaded.changed {

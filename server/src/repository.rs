@@ -140,6 +140,23 @@ impl Lookup {
     }
 }
 
+/// Why a load did not happen.
+#[derive(Debug, Clone)]
+pub enum LoadError {
+    /// No such model to load (404).
+    Unknown(String),
+    /// The model's files were rejected; what was served keeps serving (400).
+    Rejected(String),
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::Unknown(m) | LoadError::Rejected(m) => f.write_str(m),
+        }
+    }
+}
+
 /// What a load did.
 #[derive(Debug)]
 pub struct Loaded {
@@ -200,9 +217,9 @@ impl Repository {
         for name in &names {
             if let Err(e) = repo.load(name).await {
                 tracing::error!(model = %name, "cannot load: {e}");
-                let mut next = (**repo.models.load()).clone();
-                next.insert(name.clone(), Entry { versions: BTreeMap::new(), unavailable: Some(e) });
-                repo.models.store(Arc::new(next));
+                repo.update(|m| {
+                    m.insert(name.clone(), Entry { versions: BTreeMap::new(), unavailable: Some(e.to_string()) })
+                });
             }
         }
         if repo.all().is_empty() {
@@ -308,14 +325,14 @@ impl Repository {
     /// repository, the versions its policy selects (unchanged files keep their loaded
     /// version). Every version is validated before the swap; on error the model keeps
     /// serving what it served and the error says why.
-    pub async fn load(&self, name: &str) -> Result<Loaded, String> {
+    pub async fn load(&self, name: &str) -> Result<Loaded, LoadError> {
         self.load_as(name, false).await
     }
 
     /// [`Repository::load`]; a poll (`from_poll`) leaves names unloaded through the API
     /// alone, checked under the lock so that an unload between the poll's scan and its
     /// load wins.
-    async fn load_as(&self, name: &str, from_poll: bool) -> Result<Loaded, String> {
+    async fn load_as(&self, name: &str, from_poll: bool) -> Result<Loaded, LoadError> {
         let _guard = self.lock.lock().await;
         if let Ok(mut u) = self.unloaded.lock() {
             if from_poll && u.contains(name) {
@@ -328,10 +345,10 @@ impl Repository {
         let (versions, changed) = match &self.source {
             Source::File { path, name: served } => {
                 if name != served {
-                    return Err(format!(
+                    return Err(LoadError::Unknown(format!(
                         "unknown model `{name}` (this server serves `{served}` from {})",
                         path.display()
-                    ));
+                    )));
                 }
                 let version = self.generation.load(Ordering::SeqCst) + 1;
                 let (path, served) = (path.clone(), served.clone());
@@ -339,23 +356,36 @@ impl Repository {
                     load_version(&path, &served, version, &options, VersionPolicy::Latest(1), None)
                         .map_err(|e| e.to_string())
                 })
-                .await?;
+                .await
+                .map_err(LoadError::Rejected)?;
                 self.generation.store(version, Ordering::SeqCst);
                 (BTreeMap::from([(version, Arc::new(loaded))]), true)
             }
             Source::Dir { root } => {
-                check_name(name)?;
+                check_name(name).map_err(LoadError::Unknown)?;
+                if !root.join(name).is_dir() {
+                    return Err(LoadError::Unknown(format!("no model `{name}` in the repository {}", root.display())));
+                }
                 let (root, name_owned) = (root.clone(), name.to_string());
                 let old = current.as_ref().map(|e| e.versions.clone()).unwrap_or_default();
-                blocking(move || load_dir_model(&root, &name_owned, &options, &old)).await?
+                blocking(move || load_dir_model(&root, &name_owned, &options, &old))
+                    .await
+                    .map_err(LoadError::Rejected)?
             }
         };
-        let mut next = (**self.models.load()).clone();
         let changed = changed || current.as_ref().is_some_and(|e| e.unavailable.is_some());
         let served: Vec<Arc<ServedModel>> = versions.values().cloned().collect();
-        next.insert(name.to_string(), Entry { versions, unavailable: None });
-        self.models.store(Arc::new(next));
+        self.update(|m| m.insert(name.to_string(), Entry { versions, unavailable: None }));
         Ok(Loaded { versions: served, changed })
+    }
+
+    /// Replaces the snapshot of served models with `change` applied to a copy of it
+    /// (callers hold `lock`, or run before the server starts).
+    fn update<R>(&self, change: impl FnOnce(&mut BTreeMap<String, Entry>) -> R) -> R {
+        let mut next = (**self.models.load()).clone();
+        let r = change(&mut next);
+        self.models.store(Arc::new(next));
+        r
     }
 
     /// Stops serving `name` (repository only). Requests already accepted finish; later
@@ -367,16 +397,18 @@ impl Repository {
                 "cannot unload `{name}`: this server serves one model file (--model); stop the server instead"
             ));
         }
-        let mut next = (**self.models.load()).clone();
-        match next.get_mut(name) {
+        let known = self.update(|m| match m.get_mut(name) {
             Some(e) => {
                 // Unloading what is not loaded is not an error (as in Triton).
                 e.versions.clear();
                 e.unavailable = Some("unloaded through the repository API".into());
+                true
             }
-            None => return Err(format!("unknown model `{name}`")),
+            None => false,
+        });
+        if !known {
+            return Err(format!("unknown model `{name}`"));
         }
-        self.models.store(Arc::new(next));
         if let Ok(mut u) = self.unloaded.lock() {
             u.insert(name.to_string());
         }
@@ -401,23 +433,19 @@ impl Repository {
         for name in &on_disk {
             match self.load_as(name, true).await {
                 Ok(l) if !l.changed => {}
-                r => out.push((name.clone(), r)),
+                r => out.push((name.clone(), r.map_err(|e| e.to_string()))),
             }
         }
         let _guard = self.lock.lock().await;
-        let mut next = (**self.models.load()).clone();
-        let mut gone = false;
-        for (name, e) in next.iter_mut() {
-            if !on_disk.contains(name) && e.unavailable.is_none() {
-                e.versions.clear();
-                e.unavailable = Some("removed from the repository".into());
-                gone = true;
-                out.push((name.clone(), Err("removed from the repository".into())));
+        self.update(|m| {
+            for (name, e) in m.iter_mut() {
+                if !on_disk.contains(name) && e.unavailable.is_none() {
+                    e.versions.clear();
+                    e.unavailable = Some("removed from the repository".into());
+                    out.push((name.clone(), Err("removed from the repository".into())));
+                }
             }
-        }
-        if gone {
-            self.models.store(Arc::new(next));
-        }
+        });
         out
     }
 }

@@ -19,7 +19,7 @@ use crate::auth::Scope;
 use crate::error::{ApiError, ApiResult};
 use crate::infer::{self, resolve, status_error};
 use crate::model_config::ModelConfigView;
-use crate::repository::ServedModel;
+use crate::repository::{LoadError, ServedModel};
 use crate::{oip, AppState};
 
 /// The page at `/`.
@@ -244,11 +244,9 @@ async fn repository_index(State(state): State<AppState>, body: axum::body::Bytes
 /// served keeps serving and the error says why. Shared by HTTP and gRPC.
 pub async fn load_model(state: &AppState, name: &str, trigger: &str) -> ApiResult<Vec<std::sync::Arc<ServedModel>>> {
     crate::load(state, name, trigger).await.map_err(|e| {
-        let status = if e.starts_with("unknown model") || e.starts_with("no model") || e.contains("is not a model name")
-        {
-            StatusCode::NOT_FOUND
-        } else {
-            StatusCode::BAD_REQUEST
+        let status = match e {
+            LoadError::Unknown(_) => StatusCode::NOT_FOUND,
+            LoadError::Rejected(_) => StatusCode::BAD_REQUEST,
         };
         ApiError::new(status, format!("`{name}` was not loaded; what was served keeps serving: {e}"))
     })

@@ -140,8 +140,7 @@ fn tags(cfg: &Config, run: &RunDir) -> Vec<(String, String)> {
 /// The MLflow run for `state`, created (with its params) if needed.
 fn ensure_run(client: &Client, cfg: &Config, run: &RunDir, state: &mut TrackingState) -> Result<()> {
     if state.run_id.is_empty() {
-        let experiment = if cfg.tracking.experiment.is_empty() { &cfg.name } else { &cfg.tracking.experiment };
-        state.experiment_id = client.experiment_id(experiment)?;
+        state.experiment_id = client.experiment_id(experiment_name(cfg))?;
         let name = run.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| cfg.name.clone());
         let (id, uri) = client.create_run(&state.experiment_id, &name, &tags(cfg, run))?;
         state.run_id = id;
