@@ -16,8 +16,10 @@ if cargo clippy --version >/dev/null 2>&1; then
 else
   echo "warning: clippy is not installed; skipping the lints" >&2
 fi
-# A real MLflow server for the tracking test (installed once; the test starts it).
-CIFAR_MLFLOW="$(scripts/mlflow-venv.sh)" cargo test --release --locked --workspace
+# A real MLflow server for the tracking tests and a real S3 API (moto) for the
+# object-storage tests (each installed once; the tests start and stop them on loopback).
+CIFAR_MLFLOW="$(scripts/mlflow-venv.sh)" CIFAR_MOTO="$(scripts/moto-venv.sh)" \
+  cargo test --release --locked --workspace
 # The SDK's device engine (candle tensors), on candle's CPU device against the CPU engine.
 cargo test --release --locked -p cifar-sdk --features candle --test device_engine
 # The `cuda` feature, compile-only: no GPU here (scripts/cuda-check.sh).

@@ -24,7 +24,9 @@ use clap::Parser;
 #[command(name = "cifar-serve", version, about, long_about)]
 pub struct Config {
     /// The compiled model file (`trainer compile` writes it): one model, version 1,
-    /// +1 per reload. Or use `--model-repository`.
+    /// +1 per reload. Or a model in object storage, `s3://bucket/prefix/models/<sha256>.cifar`
+    /// (`trainer model push` prints it; also gs://, az://, file://), downloaded into the
+    /// cache and checked against its hash before serving. Or use `--model-repository`.
     #[arg(
         long,
         env = "CIFAR_SERVE_MODEL",
@@ -171,6 +173,10 @@ impl Config {
     /// The name the `--model` file is served under.
     pub fn served_name(&self) -> String {
         self.model_name.clone().unwrap_or_else(|| {
+            // A model in object storage is named by its hash: serve it as "model".
+            if self.model.as_deref().is_some_and(|m| cifar_remote::is_remote(&m.to_string_lossy())) {
+                return "model".into();
+            }
             self.model
                 .as_deref()
                 .and_then(|m| m.file_stem())

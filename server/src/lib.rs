@@ -115,6 +115,22 @@ async fn refresh(state: &AppState, trigger: &str) {
     }
 }
 
+/// The local file of `--model`: the path itself, or for a URL in object storage
+/// (`s3://bucket/prefix/models/<sha256>.cifar`, as `trainer model push` prints it) its copy
+/// in the cache, downloaded and checked against its hash first.
+async fn local_model(model: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let text = model.to_string_lossy().into_owned();
+    if !cifar_remote::is_remote(&text) {
+        return Ok(model.to_path_buf());
+    }
+    tracing::info!(url = %text, cache = %cifar_remote::cache_dir().display(), "fetching the model");
+    let path = tokio::task::spawn_blocking(move || cifar_remote::fetch_model(&text))
+        .await
+        .context("the model download stopped")??;
+    tracing::info!(file = %path.display(), "model fetched and its sha256 verified");
+    Ok(path)
+}
+
 /// Opens the model, starts the workers, listens, and serves until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let keys = auth::Keys::load(&config)?;
@@ -125,8 +141,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (workers, threads) = config.worker_threads();
     let options = ModelOptions { device: config.device, threads, max_batch: config.max_batch as usize };
     let repository = match (&config.model, &config.model_repository) {
-        (Some(file), _) => Repository::open_file(file.clone(), config.served_name(), options)
-            .with_context(|| format!("cannot serve {}", file.display()))?,
+        (Some(file), _) => {
+            let file = local_model(file).await?;
+            Repository::open_file(file.clone(), config.served_name(), options)
+                .with_context(|| format!("cannot serve {}", file.display()))?
+        }
         (None, Some(dir)) => Repository::open_dir(dir.clone(), options).await?,
         (None, None) => anyhow::bail!("give --model FILE or --model-repository DIR"),
     };

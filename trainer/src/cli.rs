@@ -59,15 +59,46 @@ enum Command {
     /// input gradient and weight gradient on random data, at the airbench layer shapes.
     /// Fails if any relative error exceeds 1e-3 (f32).
     GpuCheck(GpuCheckArgs),
+    /// Search hyperparameters: trials chosen by grid or at random from a W&B-style sweep
+    /// file, run as `fit` processes N at a time, weak ones stopped early (Hyperband's
+    /// successive halving); a table, the best config and a plot in the sweep directory.
+    Sweep(crate::sweep::SweepArgs),
     /// Run the first steps of a recipe on the CPU and write the initial weights, the
     /// batches, and each step's loss, gradients and weights (for the PyTorch parity
     /// harness in benches/parity).
     Trace(crate::trace::TraceArgs),
+    /// Compiled models in object storage: `model push FILE REMOTE`, `model pull URL -o FILE`.
+    #[command(subcommand)]
+    Model(ModelCommand),
     /// Experiment tracking (MLflow): `track sync RUN` uploads a run the live mirror could
     /// not finish (server down during training), or adds files made later (a compiled
     /// `.cifar`).
     #[command(subcommand)]
     Track(TrackCommand),
+}
+
+/// `trainer model push|pull`.
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Upload a compiled model to object storage as <remote>/models/<sha256>.cifar and print
+    /// its URL (which `cifar-serve --model` and `trainer model pull` take).
+    #[command(after_help = "\
+Example:
+  trainer model push model.cifar s3://my-bucket/cifar   # -> s3://my-bucket/cifar/models/<sha256>.cifar")]
+    Push {
+        /// The `.cifar` file.
+        file: PathBuf,
+        /// Where to: s3://bucket/prefix, gs://bucket/prefix, az://container/prefix, file:///path.
+        remote: String,
+    },
+    /// Download a model by its URL (<remote>/models/<sha256>.cifar), checking its hash.
+    Pull {
+        /// The model's URL.
+        url: String,
+        /// Where to write it.
+        #[arg(long, short, value_name = "FILE.cifar")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -172,6 +203,42 @@ enum DataCommand {
         /// Images per class (the first ones of the validation split).
         #[arg(long, default_value_t = 1)]
         per_class: usize,
+    },
+    /// Upload a dataset to object storage (s3://, gs://, az://, file://), content-addressed:
+    /// each file once under objects/<sha256>, the dataset as datasets/<digest>.json.
+    /// Prints the URL a config's `data.path` can name.
+    #[command(after_help = "\
+Credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+AWS_REGION, AWS_ENDPOINT_URL for an S3-compatible server; GOOGLE_SERVICE_ACCOUNT;
+AZURE_STORAGE_ACCOUNT_NAME/KEY) and are never printed.
+
+Examples:
+  trainer data push data/cifar10 s3://my-bucket/cifar      # -> s3://my-bucket/cifar@<digest>
+  trainer data push data/cifar10 file:///mnt/shared/cifar")]
+    Push {
+        /// The dataset directory.
+        dir: PathBuf,
+        /// Where to: s3://bucket/prefix, gs://bucket/prefix, az://container/prefix, file:///path.
+        remote: String,
+    },
+    /// Download a dataset from object storage into a directory, checking every file's hash
+    /// and the dataset's digest; nothing is left behind on failure.
+    #[command(after_help = "\
+Examples:
+  trainer data pull s3://my-bucket/cifar@<digest> data/cifar10
+  trainer data pull s3://my-bucket/cifar data/cifar10        # when the prefix holds one dataset
+
+A config can name the remote dataset instead: data.path = \"s3://my-bucket/cifar@<digest>\"
+is fetched into the cache ($CIFAR_CACHE_DIR, else ~/.cache/cifar-edge) before training.")]
+    Pull {
+        /// The remote, with `@<digest>` unless it holds a single dataset.
+        remote: String,
+        /// The dataset directory to create.
+        #[arg(default_value = "data/cifar10")]
+        dir: PathBuf,
+        /// Replace an existing directory.
+        #[arg(long)]
+        force: bool,
     },
     /// Per-class counts and per-channel mean/std.
     Stats {
@@ -297,6 +364,8 @@ pub fn main() -> Result<()> {
             device::set_threads(0);
             gpu_check(args)
         }
+        Command::Model(cmd) => model_command(cmd),
+        Command::Sweep(args) => crate::sweep::sweep_command(args),
         Command::Trace(args) => crate::trace::trace_command(args, cli.quiet),
         Command::Track(TrackCommand::Sync { run, tracking_uri }) => crate::track::sync(&run, tracking_uri.as_deref()),
         Command::Prune(args) => crate::prune::prune_command(args, cli.quiet),
@@ -413,6 +482,17 @@ fn data_command(cmd: DataCommand, quiet: bool) -> Result<()> {
             )?;
             Ok(())
         }
+        DataCommand::Push { dir, remote } => {
+            let at = data::remote::push(&dir, &remote)?;
+            outln!("pushed: {at}")?;
+            Ok(())
+        }
+        DataCommand::Pull { remote, dir, force } => {
+            let ds = data::remote::pull(&remote, &dir, force)?;
+            print_dataset(&ds, &dir)?;
+            outln!("OK: every file's sha256 and the content digest verified")?;
+            Ok(())
+        }
         DataCommand::Verify { dir } => {
             let ds = Dataset::load(&dir)?;
             ds.verify().with_context(|| format!("{} failed verification", dir.display()))?;
@@ -479,14 +559,16 @@ fn fit(args: FitArgs, quiet: bool) -> Result<()> {
             };
             // Check the device and the dataset before creating anything.
             device::select(&cfg.device)?;
-            data::Dataset::load(Path::new(&cfg.data.path))?;
+            data::Dataset::load(&data::remote::local_dir(&cfg.data.path)?)?;
             train::check_teacher(&cfg)?;
             let run = RunDir::create(dir)?;
             cifar_sdk::write_atomic(&run.file("config.toml"), cfg.to_toml()?.as_bytes())?;
             (cfg, run, train::Start::Fresh)
         }
     };
+    let _lock = run.lock()?;
     train::install_interrupt_handler();
+    crate::sweep::exit_with_parent();
     errln!("run: {}", run.path.display());
     let resume_command = format!("trainer fit --resume {}", run.path.display());
     let s = train::fit(&cfg, &run, start, quiet, &resume_command)?;
@@ -500,6 +582,25 @@ fn fit(args: FitArgs, quiet: bool) -> Result<()> {
         100.0 * s.val_accuracy_tta
     )?;
     outln!("run directory: {}", run.path.display())?;
+    Ok(())
+}
+
+fn model_command(cmd: ModelCommand) -> Result<()> {
+    match cmd {
+        ModelCommand::Push { file, remote } => {
+            // Only a file the SDK opens is worth storing.
+            cifar_sdk::Model::open(&file, &cifar_sdk::ModelOptions::default())
+                .with_context(|| format!("{} is not a valid model file", file.display()))?;
+            let url = cifar_remote::push_model(&cifar_remote::Remote::open(&remote)?, &file)?;
+            outln!("pushed: {url}")?;
+        }
+        ModelCommand::Pull { url, out } => {
+            let cached = cifar_remote::fetch_model(&url)?;
+            let bytes = std::fs::read(&cached).with_context(|| format!("cannot read {}", cached.display()))?;
+            cifar_sdk::write_atomic(&out, &bytes)?;
+            outln!("wrote {} (sha256 verified)", out.display())?;
+        }
+    }
     Ok(())
 }
 

@@ -34,6 +34,7 @@ mod plot;
 mod prune;
 mod run;
 mod step;
+mod sweep;
 mod trace;
 mod track;
 mod train;

@@ -19,7 +19,7 @@ const FONT_CANDIDATES: [&str; 4] = [
 ];
 
 /// Registers a system font once; returns whether text can be drawn.
-fn have_font() -> bool {
+pub(crate) fn have_font() -> bool {
     static FONT: OnceLock<bool> = OnceLock::new();
     *FONT.get_or_init(|| {
         for p in FONT_CANDIDATES {
@@ -34,7 +34,7 @@ fn have_font() -> bool {
     })
 }
 
-fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+pub(crate) fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("plotting failed: {e:?}")
 }
 
@@ -73,38 +73,43 @@ pub fn line_chart(
     }
     let pad = ((y1 - y0) * 0.05).max(1e-3);
     let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
+    root.fill(&WHITE).map_err(plot_err)?;
     let mut builder = ChartBuilder::on(&root);
     builder.margin(15).x_label_area_size(if text { 40 } else { 5 }).y_label_area_size(if text { 60 } else { 5 });
     if text {
         builder.caption(title, ("sans-serif", 22));
     }
-    let mut chart = builder.build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad)).map_err(err)?;
+    let mut chart = builder.build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad)).map_err(plot_err)?;
     let mut mesh = chart.configure_mesh();
     if text {
         mesh.x_desc(xlabel).y_desc(ylabel);
     } else {
         mesh.x_labels(0).y_labels(0);
     }
-    mesh.draw().map_err(err)?;
+    mesh.draw().map_err(plot_err)?;
     for (name, data, color) in series {
-        let s = chart.draw_series(LineSeries::new(data.iter().copied(), color.stroke_width(2))).map_err(err)?;
+        let s = chart.draw_series(LineSeries::new(data.iter().copied(), color.stroke_width(2))).map_err(plot_err)?;
         if text {
             let c = *color;
             s.label(*name).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
         }
     }
     for (x, y, label) in marks {
-        chart.draw_series(std::iter::once(Circle::new((*x, *y), 4, BLACK.filled()))).map_err(err)?;
+        chart.draw_series(std::iter::once(Circle::new((*x, *y), 4, BLACK.filled()))).map_err(plot_err)?;
         if text {
             let at = chart.backend_coord(&(*x, *y));
-            root.draw(&Text::new(label.clone(), (at.0 + 6, at.1 - 18), ("sans-serif", 14))).map_err(err)?;
+            root.draw(&Text::new(label.clone(), (at.0 + 6, at.1 - 18), ("sans-serif", 14))).map_err(plot_err)?;
         }
     }
     if text && series.len() > 1 {
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(err)?;
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot_err)?;
     }
-    root.present().map_err(err)?;
+    root.present().map_err(plot_err)?;
     Ok(())
 }
 
@@ -163,7 +168,7 @@ pub fn confusion_matrix(path: &Path, names: &[String], m: &[Vec<usize>]) -> Resu
     let (left, top) = (if text { 110 } else { 10 }, if text { 40 } else { 10 });
     let size = (left + cell * n as u32 + 20, top + cell * n as u32 + if text { 110 } else { 10 });
     let root = BitMapBackend::new(path, size).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
+    root.fill(&WHITE).map_err(plot_err)?;
     let max = m.iter().flatten().copied().max().unwrap_or(1).max(1) as f64;
     for (i, row) in m.iter().enumerate() {
         let total: usize = row.iter().sum::<usize>().max(1);
@@ -174,15 +179,17 @@ pub fn confusion_matrix(path: &Path, names: &[String], m: &[Vec<usize>]) -> Resu
             let shade = (255.0 * (1.0 - frac)) as u8;
             let color =
                 if i == j { RGBColor(shade, 255 - (frac * 90.0) as u8, shade) } else { RGBColor(255, shade, shade) };
-            root.draw(&Rectangle::new([(x, y), (x + cell as i32, y + cell as i32)], color.filled())).map_err(err)?;
-            root.draw(&Rectangle::new([(x, y), (x + cell as i32, y + cell as i32)], BLACK.mix(0.2))).map_err(err)?;
+            root.draw(&Rectangle::new([(x, y), (x + cell as i32, y + cell as i32)], color.filled()))
+                .map_err(plot_err)?;
+            root.draw(&Rectangle::new([(x, y), (x + cell as i32, y + cell as i32)], BLACK.mix(0.2)))
+                .map_err(plot_err)?;
             if text {
                 let pct = 100.0 * v as f64 / total as f64;
                 let fg = if frac > 0.6 { WHITE } else { BLACK };
                 root.draw(&Text::new(format!("{v}"), (x + 6, y + 10), ("sans-serif", 14).into_font().color(&fg)))
-                    .map_err(err)?;
+                    .map_err(plot_err)?;
                 root.draw(&Text::new(format!("{pct:.0}%"), (x + 6, y + 30), ("sans-serif", 12).into_font().color(&fg)))
-                    .map_err(err)?;
+                    .map_err(plot_err)?;
             }
         }
     }
@@ -190,14 +197,14 @@ pub fn confusion_matrix(path: &Path, names: &[String], m: &[Vec<usize>]) -> Resu
         let below = (top + cell * n as u32 + 8) as i32;
         for (i, name) in names.iter().enumerate() {
             let y = (top + i as u32 * cell + cell / 2 - 7) as i32;
-            root.draw(&Text::new(name.clone(), (8, y), ("sans-serif", 14))).map_err(err)?;
+            root.draw(&Text::new(name.clone(), (8, y), ("sans-serif", 14))).map_err(plot_err)?;
             let x = (left + i as u32 * cell + cell / 2) as i32;
             let style = ("sans-serif", 14).into_font().transform(FontTransform::Rotate90);
-            root.draw(&Text::new(name.clone(), (x + 7, below), style)).map_err(err)?;
+            root.draw(&Text::new(name.clone(), (x + 7, below), style)).map_err(plot_err)?;
         }
         root.draw(&Text::new("rows: true class, columns: predicted", (left as i32, 12), ("sans-serif", 16)))
-            .map_err(err)?;
+            .map_err(plot_err)?;
     }
-    root.present().map_err(err)?;
+    root.present().map_err(plot_err)?;
     Ok(())
 }

@@ -23,6 +23,9 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
+/// The lock file `fit` holds in its run directory ([`RunDir::lock`]).
+pub const LOCK_FILE: &str = ".lock";
+
 /// Where a training run is in its schedule.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]
 pub struct Progress {
@@ -111,6 +114,23 @@ impl RunDir {
             bail!("{} is not a run directory (no config.toml)", path.display());
         }
         Ok(Self::at(path.to_path_buf()))
+    }
+
+    /// Holds the run directory for one `fit` process while the returned file is open: a
+    /// second `fit --resume` on the same run is refused, and `trainer sweep --resume`
+    /// waits for an old trial process to let go. The lock dies with the process.
+    pub fn lock(&self) -> Result<std::fs::File> {
+        let f = std::fs::File::create(self.file(LOCK_FILE))
+            .with_context(|| format!("cannot write in {}", self.path.display()))?;
+        match f.try_lock() {
+            Ok(()) => Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                bail!("another `trainer fit` is running in {}", self.path.display())
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("cannot lock {}", self.path.display()))
+            }
+        }
     }
 
     pub fn file(&self, name: &str) -> PathBuf {

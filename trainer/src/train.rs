@@ -33,7 +33,7 @@ pub struct RunData {
 
 impl RunData {
     pub fn load(cfg: &Config) -> Result<Self> {
-        let dataset = Dataset::load(std::path::Path::new(&cfg.data.path))?;
+        let dataset = Dataset::load(&crate::data::remote::local_dir(&cfg.data.path)?)?;
         let mut train_idx = dataset.train_indices();
         if let Some(step) = train_idx.len().checked_div(cfg.data.train_limit) {
             // A strided subset keeps the classes balanced.

@@ -114,6 +114,51 @@ fn check_record(url: &str, run: &Path) {
     assert_eq!(state(run)["complete"], true);
 }
 
+/// A two-trial sweep with tracking: a parent run (settings, best metric, report files)
+/// and two trial runs tagged `mlflow.parentRunId`.
+fn check_sweep(root: &Path, url: &str) {
+    let sweep = root.join("sweep.toml");
+    std::fs::write(
+        &sweep,
+        "name = \"tracked-sweep\"\nconfig = \"tiny.toml\"\nmethod = \"grid\"\n[metric]\nname = \"val_acc\"\n\
+         [parameters.\"train.lr\"]\nvalues = [0.2, 0.1]\n",
+    )
+    .unwrap();
+    let dir = root.join("sweeps/tracked");
+    let args = ["sweep", "-c", sweep.to_str().unwrap(), "--sweep-dir", dir.to_str().unwrap(), "--tracking-uri", url];
+    let out = ok(run(root, &[&args[..], &["train.epochs=1"]].concat()));
+    assert!(out.contains("its trials are nested under it"), "{out}");
+    let exp = get(&format!("{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tracked-sweep"));
+    let exp_id = exp["experiment"]["experiment_id"].as_str().unwrap().to_string();
+    let found: Value = serde_json::from_str(
+        &ureq::post(&format!("{url}/api/2.0/mlflow/runs/search"))
+            .set("Content-Type", "application/json")
+            .send_string(&serde_json::json!({ "experiment_ids": [exp_id] }).to_string())
+            .unwrap()
+            .into_string()
+            .unwrap(),
+    )
+    .unwrap();
+    let runs = found["runs"].as_array().unwrap();
+    let tag = |r: &Value, k: &str| {
+        r["data"]["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["key"] == k)
+            .map(|t| t["value"].as_str().unwrap().to_string())
+    };
+    let parent = runs.iter().find(|r| tag(r, "mlflow.source.name").as_deref() == Some("cifar-edge trainer sweep"));
+    let parent = parent.unwrap_or_else(|| panic!("no parent run: {found}"));
+    let parent_id = parent["info"]["run_id"].as_str().unwrap();
+    assert_eq!(parent["info"]["status"], "FINISHED", "{parent}");
+    assert!(parent["data"]["metrics"].to_string().contains("best_val_acc"), "{parent}");
+    let children = runs.iter().filter(|r| tag(r, "mlflow.parentRunId").as_deref() == Some(parent_id)).count();
+    assert_eq!(children, 2, "{found}");
+    let files = get(&format!("{url}/api/2.0/mlflow/artifacts/list?run_id={parent_id}"));
+    assert!(files.to_string().contains("trials.md") && files.to_string().contains("sweep.png"), "{files}");
+}
+
 #[test]
 fn fit_is_mirrored_and_survives_the_server_dying() {
     let Some(exe) = std::env::var_os("CIFAR_MLFLOW").map(PathBuf::from) else {
@@ -157,6 +202,9 @@ fn fit_is_mirrored_and_survives_the_server_dying() {
     let run_id = state(&live)["run_id"].as_str().unwrap().to_string();
     let files = get(&format!("{}/api/2.0/mlflow/artifacts/list?run_id={run_id}", server.url));
     assert!(files.to_string().contains("model-int8.cifar"), "{files}");
+
+    // A sweep is a parent run; its trials' runs are nested under it.
+    check_sweep(root, &server.url);
 
     // 2. The server dies after the run has started: training finishes, says the record
     // is incomplete; after a restart `track sync` completes it.

@@ -18,6 +18,7 @@ pub mod cifar_bin;
 pub mod device_loader;
 pub mod image_folder;
 pub mod loader;
+pub mod remote;
 pub mod split;
 
 use std::collections::HashMap;

@@ -134,6 +134,12 @@ fn tags(cfg: &Config, run: &RunDir) -> Vec<(String, String)> {
     if let Some(r) = revision {
         tags.push(("mlflow.source.git.commit".into(), r));
     }
+    // A sweep's trial: nested under the sweep's run.
+    if let Ok(parent) = std::env::var(crate::sweep::PARENT_RUN_ENV) {
+        if !parent.is_empty() {
+            tags.push(("mlflow.parentRunId".into(), parent));
+        }
+    }
     tags
 }
 
