@@ -51,7 +51,15 @@ impl ModelUrl {
 /// Uploads dataset directory `dir` (content digest `digest`): every file to
 /// `objects/<sha256>` unless it is there already, then `datasets/<digest>.json`.
 /// `say` hears one line per file.
-pub fn push_dataset(remote: &Remote, dir: &Path, digest: &str, say: &mut dyn FnMut(String)) -> Result<DatasetIndex> {
+/// With `force`, every file is uploaded even if an object of its name and size is there
+/// (the repair for a corrupted object).
+pub fn push_dataset(
+    remote: &Remote,
+    dir: &Path,
+    digest: &str,
+    force: bool,
+    say: &mut dyn FnMut(String),
+) -> Result<DatasetIndex> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read {}", dir.display()))?
         .filter_map(|e| e.ok())
@@ -66,7 +74,7 @@ pub fn push_dataset(remote: &Remote, dir: &Path, digest: &str, say: &mut dyn FnM
         let sha256 = sha256_file(&path)?;
         let size = std::fs::metadata(&path)?.len();
         let rel = format!("objects/{sha256}");
-        if remote.size(&rel)? == Some(size) {
+        if !force && remote.size(&rel)? == Some(size) {
             say(format!("  {name}: already there ({sha256:.12})"));
         } else {
             say(format!("  {name}: uploading {:.1} MB", size as f64 / 1e6));
@@ -88,6 +96,7 @@ pub fn dataset_index(remote: &Remote, digest: Option<&str>) -> Result<DatasetInd
                 .list("datasets")?
                 .into_iter()
                 .filter_map(|n| n.strip_suffix(".json").map(str::to_string))
+                .filter(|d| is_sha256(d))
                 .collect();
             match found.as_slice() {
                 [one] => one.clone(),
@@ -139,12 +148,13 @@ pub fn pull_dataset_files(
     Ok(index)
 }
 
-/// Uploads a compiled model as `models/<sha256>.cifar`; returns its URL.
-pub fn push_model(remote: &Remote, file: &Path) -> Result<String> {
+/// Uploads a compiled model as `models/<sha256>.cifar` (skipped when an object of that
+/// name and size is there, unless `force`); returns its URL.
+pub fn push_model(remote: &Remote, file: &Path, force: bool) -> Result<String> {
     let sha = sha256_file(file)?;
     let rel = format!("models/{sha}.cifar");
     let size = std::fs::metadata(file)?.len();
-    if remote.size(&rel)? != Some(size) {
+    if force || remote.size(&rel)? != Some(size) {
         remote.put_file(&rel, file)?;
     }
     Ok(remote.url_of(&rel))
@@ -175,6 +185,7 @@ mod tests {
     /// The whole round trip on a `file://` remote, and a corrupted object.
     #[test]
     fn push_pull_and_corruption_on_a_folder_remote() {
+        let d1 = "d1".repeat(32);
         let tmp = tempfile::tempdir().unwrap();
         let src = tmp.path().join("ds");
         std::fs::create_dir(&src).unwrap();
@@ -183,11 +194,11 @@ mod tests {
         let url = format!("file://{}", tmp.path().join("bucket/team").display());
         let remote = Remote::open(&url).unwrap();
         let mut lines = Vec::new();
-        let index = push_dataset(&remote, &src, "d1", &mut |l| lines.push(l)).unwrap();
+        let index = push_dataset(&remote, &src, &d1, false, &mut |l| lines.push(l)).unwrap();
         assert_eq!(index.files.len(), 2);
         // Pushed again: nothing uploads.
         let mut again = Vec::new();
-        push_dataset(&remote, &src, "d1", &mut |l| again.push(l)).unwrap();
+        push_dataset(&remote, &src, &d1, false, &mut |l| again.push(l)).unwrap();
         assert!(again.iter().all(|l| l.contains("already there")), "{again:?}");
 
         let dest = tmp.path().join("pulled");
@@ -200,7 +211,7 @@ mod tests {
         bytes[500] ^= 1;
         std::fs::write(&obj, bytes).unwrap();
         let dest2 = tmp.path().join("pulled2");
-        let e = format!("{:#}", pull_dataset_files(&remote, Some("d1"), &dest2, &mut |_| {}).unwrap_err());
+        let e = format!("{:#}", pull_dataset_files(&remote, Some(&d1), &dest2, &mut |_| {}).unwrap_err());
         assert!(e.contains("corrupt") && e.contains(&index.files[1].sha256), "{e}");
         assert!(!dest2.exists());
         let e = format!("{:#}", pull_dataset_files(&remote, Some("nope"), &dest2, &mut |_| {}).unwrap_err());

@@ -32,7 +32,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::StreamExt;
 use object_store::path::Path as Key;
-use object_store::{ClientOptions, ObjectStore, PutPayload, RetryConfig};
+use object_store::{ClientConfigKey, ObjectStore, PutPayload, RetryConfig};
 use sha2::{Digest, Sha256};
 
 pub use content::{fetch_model, pull_dataset_files, push_dataset, push_model, DatasetIndex, FileEntry, ModelUrl};
@@ -108,14 +108,14 @@ impl Remote {
         let Some((scheme, rest)) = url.split_once("://") else {
             bail!("{url:?} is not a remote URL; use one of {}", SCHEMES.map(|s| format!("{s}://")).join(", "));
         };
-        let options = ClientOptions::new()
-            .with_connect_timeout(Duration::from_secs(5))
-            .with_timeout(Duration::from_secs(120))
-            .with_allow_http(
-                std::env::var("AWS_ENDPOINT_URL")
-                    .or_else(|_| std::env::var("AWS_ENDPOINT"))
-                    .is_ok_and(|e| e.starts_with("http://")),
-            );
+        // Timeouts are added to what the builders read from the environment (proxies,
+        // AWS_ALLOW_HTTP, ...), not put in its place.
+        let mut client = vec![(ClientConfigKey::ConnectTimeout, "5s"), (ClientConfigKey::Timeout, "120s")];
+        let endpoint = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT")).unwrap_or_default();
+        if endpoint.starts_with("http://") && std::env::var_os("AWS_ALLOW_HTTP").is_none() {
+            // An S3-compatible server the user named with http://: they chose plain HTTP.
+            client.push((ClientConfigKey::AllowHttp, "true"));
+        }
         let retry = RetryConfig { max_retries: 2, retry_timeout: Duration::from_secs(20), ..Default::default() };
         let (store, prefix): (Arc<dyn ObjectStore>, String) = match scheme {
             "file" => {
@@ -128,9 +128,12 @@ impl Remote {
             "s3" => {
                 check_s3_credentials()?;
                 let (bucket, prefix) = bucket_and_prefix(rest, &url)?;
-                let s3 = object_store::aws::AmazonS3Builder::from_env()
+                let s3 = client
+                    .iter()
+                    .fold(object_store::aws::AmazonS3Builder::from_env(), |b, (k, v)| {
+                        b.with_config(object_store::aws::AmazonS3ConfigKey::Client(*k), *v)
+                    })
                     .with_bucket_name(bucket)
-                    .with_client_options(options)
                     .with_retry(retry)
                     .build()
                     .with_context(|| format!("cannot open {url}"))?;
@@ -138,9 +141,12 @@ impl Remote {
             }
             "gs" => {
                 let (bucket, prefix) = bucket_and_prefix(rest, &url)?;
-                let gcs = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                let gcs = client
+                    .iter()
+                    .fold(object_store::gcp::GoogleCloudStorageBuilder::from_env(), |b, (k, v)| {
+                        b.with_config(object_store::gcp::GoogleConfigKey::Client(*k), *v)
+                    })
                     .with_bucket_name(bucket)
-                    .with_client_options(options)
                     .with_retry(retry)
                     .build()
                     .with_context(|| format!("cannot open {url}"))?;
@@ -148,9 +154,12 @@ impl Remote {
             }
             "az" | "abfs" | "azure" => {
                 let (container, prefix) = bucket_and_prefix(rest, &url)?;
-                let az = object_store::azure::MicrosoftAzureBuilder::from_env()
+                let az = client
+                    .iter()
+                    .fold(object_store::azure::MicrosoftAzureBuilder::from_env(), |b, (k, v)| {
+                        b.with_config(object_store::azure::AzureConfigKey::Client(*k), *v)
+                    })
                     .with_container_name(container)
-                    .with_client_options(options)
                     .with_retry(retry)
                     .build()
                     .with_context(|| format!("cannot open {url}"))?;
@@ -206,17 +215,26 @@ impl Remote {
             let upload = self.store.put_multipart(&key).await.map_err(|e| self.explain(e, rel))?;
             let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, 16 << 20);
             let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n =
-                    std::io::Read::read(&mut f, &mut buf).with_context(|| format!("cannot read {}", path.display()))?;
-                if n == 0 {
-                    break;
+            let sent: Result<()> = async {
+                loop {
+                    let n = std::io::Read::read(&mut f, &mut buf)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    w.wait_for_capacity(4).await.map_err(|e| self.explain(e, rel))?;
+                    w.write(&buf[..n]);
                 }
-                w.wait_for_capacity(4).await.map_err(|e| self.explain(e, rel))?;
-                w.write(&buf[..n]);
             }
-            w.finish().await.map_err(|e| self.explain(e, rel))?;
-            Ok::<(), anyhow::Error>(())
+            .await;
+            match sent {
+                Ok(()) => w.finish().await.map(|_| ()).map_err(|e| self.explain(e, rel)),
+                Err(e) => {
+                    // No half-uploaded parts left behind in the bucket.
+                    let _ = w.abort().await;
+                    Err(e)
+                }
+            }
         })
     }
 
@@ -248,7 +266,7 @@ impl Remote {
             if got != sha256 {
                 bail!(
                     "{} is corrupt: its content hashes to sha256 {got}, but it is stored as {sha256}; \
-                     push the original again",
+                     upload the original again with `push --force`",
                     self.url_of(rel)
                 );
             }
@@ -291,7 +309,9 @@ impl Remote {
             ),
             other => {
                 let text = other.to_string();
-                if text.contains("InvalidAccessKeyId") || text.contains("SignatureDoesNotMatch") || text.contains("403")
+                if ["InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403 Forbidden"]
+                    .iter()
+                    .any(|r| text.contains(r))
                 {
                     anyhow!("access to {url} was refused (HTTP 403): check {}", credential_hint(&self.url))
                 } else if text.contains("NoSuchBucket") {

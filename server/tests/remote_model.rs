@@ -26,7 +26,7 @@ fn serves_a_model_from_s3_and_refuses_a_corrupted_one() {
     }
     let model = fixture("models/tiny-f32.cifar");
     let remote = cifar_remote::Remote::open("s3://models/prod").unwrap();
-    let url = cifar_remote::push_model(&remote, &model).unwrap();
+    let url = cifar_remote::push_model(&remote, &model, false).unwrap();
 
     let cache = tmp.path().join("cache");
     let mut env: Vec<(&str, String)> = env.clone();

@@ -19,7 +19,13 @@ Typical workflow:
   trainer eval --run runs/<id>
   trainer compile --run runs/<id> --precision int8 -o model.cifar
   trainer prune --run runs/<id> --keep 0.7 --run-dir runs/<id>-p70     # optional: fewer channels
-  trainer classify model.cifar cat.png dog.jpg")]
+  trainer classify model.cifar cat.png dog.jpg
+
+Tracking, sweeps and remote storage:
+  trainer fit --config configs/cpu-quick.toml --tracking-uri http://127.0.0.1:5000   # into MLflow
+  trainer sweep --config configs/sweep-example.toml -j 2        # -> sweeps/<id>/ (trials.md, best.toml)
+  trainer data push data/cifar10 s3://bucket/cifar              # -> s3://bucket/cifar@<digest>
+  trainer model push model.cifar s3://bucket/cifar              # -> s3://bucket/cifar/models/<sha256>.cifar")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -58,7 +64,7 @@ enum Command {
     /// Check the device's convolutions (cuDNN on CUDA) against the CPU kernels: forward,
     /// input gradient and weight gradient on random data, at the airbench layer shapes.
     /// Fails if any relative error exceeds 1e-3 (f32).
-    GpuCheck(GpuCheckArgs),
+    GpuCheck(crate::device::GpuCheckArgs),
     /// Search hyperparameters: trials chosen by grid or at random from a W&B-style sweep
     /// file, run as `fit` processes N at a time, weak ones stopped early (Hyperband's
     /// successive halving); a table, the best config and a plot in the sweep directory.
@@ -69,36 +75,12 @@ enum Command {
     Trace(crate::trace::TraceArgs),
     /// Compiled models in object storage: `model push FILE REMOTE`, `model pull URL -o FILE`.
     #[command(subcommand)]
-    Model(ModelCommand),
+    Model(crate::model_cli::ModelCommand),
     /// Experiment tracking (MLflow): `track sync RUN` uploads a run the live mirror could
     /// not finish (server down during training), or adds files made later (a compiled
     /// `.cifar`).
     #[command(subcommand)]
     Track(TrackCommand),
-}
-
-/// `trainer model push|pull`.
-#[derive(Subcommand)]
-enum ModelCommand {
-    /// Upload a compiled model to object storage as <remote>/models/<sha256>.cifar and print
-    /// its URL (which `cifar-serve --model` and `trainer model pull` take).
-    #[command(after_help = "\
-Example:
-  trainer model push model.cifar s3://my-bucket/cifar   # -> s3://my-bucket/cifar/models/<sha256>.cifar")]
-    Push {
-        /// The `.cifar` file.
-        file: PathBuf,
-        /// Where to: s3://bucket/prefix, gs://bucket/prefix, az://container/prefix, file:///path.
-        remote: String,
-    },
-    /// Download a model by its URL (<remote>/models/<sha256>.cifar), checking its hash.
-    Pull {
-        /// The model's URL.
-        url: String,
-        /// Where to write it.
-        #[arg(long, short, value_name = "FILE.cifar")]
-        out: PathBuf,
-    },
 }
 
 #[derive(Subcommand)]
@@ -117,43 +99,6 @@ Examples:
         #[arg(long, value_name = "URI")]
         tracking_uri: Option<String>,
     },
-}
-
-#[derive(clap::Args)]
-struct GpuCheckArgs {
-    /// The device to check: cuda, cuda:N, or cpu (checks the op wiring only).
-    #[arg(long, default_value = "cuda")]
-    device: String,
-    /// Images per batch.
-    #[arg(long, default_value_t = 64)]
-    batch: usize,
-}
-
-fn gpu_check(args: GpuCheckArgs) -> Result<()> {
-    let (dev, why) = device::select(&args.device)?;
-    outln!("device: {why}")?;
-    let n = args.batch.max(1);
-    // The airbench94 layers (widths 64/256/256) and the 2x2 whitening conv.
-    let shapes = [
-        (n, 3, 32, 24, 2),
-        (n, 24, 31, 64, 3),
-        (n, 64, 15, 64, 3),
-        (n, 64, 15, 256, 3),
-        (n, 256, 7, 256, 3),
-        (n, 256, 3, 256, 3),
-    ];
-    let rows = crate::ops::device_conv::compare_with_cpu(&dev, &shapes)?;
-    outln!("| conv | forward | input grad | weight grad |\n| --- | --- | --- | --- |")?;
-    let mut worst = 0f32;
-    for (label, f, dx, dw) in &rows {
-        outln!("| {label} | {f:.2e} | {dx:.2e} | {dw:.2e} |")?;
-        worst = worst.max(*f).max(*dx).max(*dw);
-    }
-    outln!("largest relative error: {worst:.2e} (limit 1e-3)")?;
-    if worst.is_nan() || worst >= 1e-3 {
-        bail!("the device's convolutions differ from the CPU kernels by {worst:.2e} (limit 1e-3)");
-    }
-    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -220,6 +165,10 @@ Examples:
         dir: PathBuf,
         /// Where to: s3://bucket/prefix, gs://bucket/prefix, az://container/prefix, file:///path.
         remote: String,
+        /// Upload every file even if an object of its name and size is there (repairs a
+        /// corrupted object).
+        #[arg(long)]
+        force: bool,
     },
     /// Download a dataset from object storage into a directory, checking every file's hash
     /// and the dataset's digest; nothing is left behind on failure.
@@ -362,9 +311,9 @@ pub fn main() -> Result<()> {
         Command::ExportOnnx(args) => crate::model_cli::export_onnx_command(args),
         Command::GpuCheck(args) => {
             device::set_threads(0);
-            gpu_check(args)
+            crate::device::gpu_check(args)
         }
-        Command::Model(cmd) => model_command(cmd),
+        Command::Model(cmd) => crate::model_cli::model_command(cmd),
         Command::Sweep(args) => crate::sweep::sweep_command(args),
         Command::Trace(args) => crate::trace::trace_command(args, cli.quiet),
         Command::Track(TrackCommand::Sync { run, tracking_uri }) => crate::track::sync(&run, tracking_uri.as_deref()),
@@ -442,7 +391,7 @@ fn data_command(cmd: DataCommand, quiet: bool) -> Result<()> {
                 bail!("{} already exists (pass --force to replace it)", out.out.display());
             }
             let imported = image_folder::import(&source, quiet)?;
-            let sha = if source.is_file() { Some(data::file_sha256(&source)?) } else { None };
+            let sha = if source.is_file() { Some(cifar_remote::sha256_file(&source)?) } else { None };
             let src = Source { kind: "image-folder".into(), location: source.display().to_string(), sha256: sha };
             let ds = Dataset::new(imported.classes, imported.train, imported.test, out.val_size, out.split_seed, src)?;
             ds.save(&out.out, out.force)?;
@@ -472,7 +421,8 @@ fn data_command(cmd: DataCommand, quiet: bool) -> Result<()> {
             };
             let checked = cifar_bin::verify_checksum(&path, md5.as_deref())?;
             let parsed = cifar_bin::read_archive(&path)?;
-            let src = Source { kind: "cifar10-binary".into(), location, sha256: Some(data::file_sha256(&path)?) };
+            let src =
+                Source { kind: "cifar10-binary".into(), location, sha256: Some(cifar_remote::sha256_file(&path)?) };
             let ds = Dataset::new(parsed.classes, parsed.train, parsed.test, out.val_size, out.split_seed, src)?;
             ds.save(&out.out, out.force)?;
             print_dataset(&ds, &out.out)?;
@@ -482,8 +432,8 @@ fn data_command(cmd: DataCommand, quiet: bool) -> Result<()> {
             )?;
             Ok(())
         }
-        DataCommand::Push { dir, remote } => {
-            let at = data::remote::push(&dir, &remote)?;
+        DataCommand::Push { dir, remote, force } => {
+            let at = data::remote::push(&dir, &remote, force)?;
             outln!("pushed: {at}")?;
             Ok(())
         }
@@ -521,6 +471,7 @@ fn data_command(cmd: DataCommand, quiet: bool) -> Result<()> {
 }
 
 fn fit(args: FitArgs, quiet: bool) -> Result<()> {
+    crate::sweep::exit_with_parent();
     let (cfg, run, start) = match &args.resume {
         Some(dir) => {
             if !args.overrides.is_empty() {
@@ -568,7 +519,6 @@ fn fit(args: FitArgs, quiet: bool) -> Result<()> {
     };
     let _lock = run.lock()?;
     train::install_interrupt_handler();
-    crate::sweep::exit_with_parent();
     errln!("run: {}", run.path.display());
     let resume_command = format!("trainer fit --resume {}", run.path.display());
     let s = train::fit(&cfg, &run, start, quiet, &resume_command)?;
@@ -582,25 +532,6 @@ fn fit(args: FitArgs, quiet: bool) -> Result<()> {
         100.0 * s.val_accuracy_tta
     )?;
     outln!("run directory: {}", run.path.display())?;
-    Ok(())
-}
-
-fn model_command(cmd: ModelCommand) -> Result<()> {
-    match cmd {
-        ModelCommand::Push { file, remote } => {
-            // Only a file the SDK opens is worth storing.
-            cifar_sdk::Model::open(&file, &cifar_sdk::ModelOptions::default())
-                .with_context(|| format!("{} is not a valid model file", file.display()))?;
-            let url = cifar_remote::push_model(&cifar_remote::Remote::open(&remote)?, &file)?;
-            outln!("pushed: {url}")?;
-        }
-        ModelCommand::Pull { url, out } => {
-            let cached = cifar_remote::fetch_model(&url)?;
-            let bytes = std::fs::read(&cached).with_context(|| format!("cannot read {}", cached.display()))?;
-            cifar_sdk::write_atomic(&out, &bytes)?;
-            outln!("wrote {} (sha256 verified)", out.display())?;
-        }
-    }
     Ok(())
 }
 

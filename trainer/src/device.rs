@@ -50,3 +50,42 @@ pub fn set_threads(threads: usize) -> usize {
     let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
     rayon::current_num_threads()
 }
+
+/// `trainer gpu-check` arguments.
+#[derive(clap::Args)]
+pub struct GpuCheckArgs {
+    /// The device to check: cuda, cuda:N, or cpu (checks the op wiring only).
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// Images per batch.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+}
+
+/// `trainer gpu-check`: the device's convolutions against the CPU kernels.
+pub fn gpu_check(args: GpuCheckArgs) -> Result<()> {
+    let (dev, why) = select(&args.device)?;
+    outln!("device: {why}")?;
+    let n = args.batch.max(1);
+    // The airbench94 layers (widths 64/256/256) and the 2x2 whitening conv.
+    let shapes = [
+        (n, 3, 32, 24, 2),
+        (n, 24, 31, 64, 3),
+        (n, 64, 15, 64, 3),
+        (n, 64, 15, 256, 3),
+        (n, 256, 7, 256, 3),
+        (n, 256, 3, 256, 3),
+    ];
+    let rows = crate::ops::device_conv::compare_with_cpu(&dev, &shapes)?;
+    outln!("| conv | forward | input grad | weight grad |\n| --- | --- | --- | --- |")?;
+    let mut worst = 0f32;
+    for (label, f, dx, dw) in &rows {
+        outln!("| {label} | {f:.2e} | {dx:.2e} | {dw:.2e} |")?;
+        worst = worst.max(*f).max(*dx).max(*dw);
+    }
+    outln!("largest relative error: {worst:.2e} (limit 1e-3)")?;
+    if worst.is_nan() || worst >= 1e-3 {
+        bail!("the device's convolutions differ from the CPU kernels by {worst:.2e} (limit 1e-3)");
+    }
+    Ok(())
+}

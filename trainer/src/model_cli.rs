@@ -314,3 +314,50 @@ pub fn inspect_command(args: InspectArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// `trainer model push|pull`.
+#[derive(clap::Subcommand)]
+pub enum ModelCommand {
+    /// Upload a compiled model to object storage as <remote>/models/<sha256>.cifar and print
+    /// its URL (which `cifar-serve --model` and `trainer model pull` take).
+    #[command(after_help = "\
+Example:
+  trainer model push model.cifar s3://my-bucket/cifar   # -> s3://my-bucket/cifar/models/<sha256>.cifar")]
+    Push {
+        /// The `.cifar` file.
+        file: PathBuf,
+        /// Where to: s3://bucket/prefix, gs://bucket/prefix, az://container/prefix, file:///path.
+        remote: String,
+        /// Upload even if an object of that name and size is there (repairs a corrupted one).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Download a model by its URL (<remote>/models/<sha256>.cifar), checking its hash.
+    Pull {
+        /// The model's URL.
+        url: String,
+        /// Where to write it.
+        #[arg(long, short, value_name = "FILE.cifar")]
+        out: PathBuf,
+    },
+}
+
+/// `trainer model push|pull`.
+pub fn model_command(cmd: ModelCommand) -> Result<()> {
+    match cmd {
+        ModelCommand::Push { file, remote, force } => {
+            // Only a file the SDK opens is worth storing.
+            cifar_sdk::Model::open(&file, &cifar_sdk::ModelOptions::default())
+                .with_context(|| format!("{} is not a valid model file", file.display()))?;
+            let url = cifar_remote::push_model(&cifar_remote::Remote::open(&remote)?, &file, force)?;
+            outln!("pushed: {url}")?;
+        }
+        ModelCommand::Pull { url, out } => {
+            let cached = cifar_remote::fetch_model(&url)?;
+            let bytes = std::fs::read(&cached).with_context(|| format!("cannot read {}", cached.display()))?;
+            cifar_sdk::write_atomic(&out, &bytes)?;
+            outln!("wrote {} (sha256 verified)", out.display())?;
+        }
+    }
+    Ok(())
+}

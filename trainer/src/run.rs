@@ -26,6 +26,21 @@ use serde::{Deserialize, Serialize};
 /// The lock file `fit` holds in its run directory ([`RunDir::lock`]).
 pub const LOCK_FILE: &str = ".lock";
 
+/// Creates (or opens) `path` and holds an exclusive lock on it while the returned file
+/// is open; refused if another process (`who`, for the message) holds it. The lock dies
+/// with the process, so a `kill -9` never leaves a stale one.
+pub fn lock_file(path: &Path, who: &str) -> Result<std::fs::File> {
+    let f = std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let dir = path.parent().unwrap_or(path);
+            bail!("another `{who}` is running in {}", dir.display())
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+    }
+}
+
 /// Where a training run is in its schedule.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]
 pub struct Progress {
@@ -120,17 +135,9 @@ impl RunDir {
     /// second `fit --resume` on the same run is refused, and `trainer sweep --resume`
     /// waits for an old trial process to let go. The lock dies with the process.
     pub fn lock(&self) -> Result<std::fs::File> {
-        let f = std::fs::File::create(self.file(LOCK_FILE))
-            .with_context(|| format!("cannot write in {}", self.path.display()))?;
-        match f.try_lock() {
-            Ok(()) => Ok(f),
-            Err(std::fs::TryLockError::WouldBlock) => {
-                bail!("another `trainer fit` is running in {}", self.path.display())
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                Err(e).with_context(|| format!("cannot lock {}", self.path.display()))
-            }
-        }
+        let f = lock_file(&self.file(LOCK_FILE), "trainer fit")?;
+        crate::sweep::RUN_LOCKED.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(f)
     }
 
     pub fn file(&self, name: &str) -> PathBuf {

@@ -94,10 +94,14 @@ fn datasets_and_models_round_trip_through_s3() {
     let bad = root.join("pulled-bad");
     let said = fails_with(
         run_s3(root, &env, &["data", "pull", &at, bad.to_str().unwrap()]),
-        &["corrupt", &train.sha256, "push the original again"],
+        &["corrupt", &train.sha256, "push --force"],
     );
     assert!(!bad.exists());
     assert!(!entries(root).iter().any(|e| e.starts_with(".dataset-pull")), "{:?}", entries(root));
+    // `push --force` repairs it.
+    ok(run_s3(root, &env, &["data", "push", "--force", data.to_str().unwrap(), "s3://team/cifar"]));
+    ok(run_s3(root, &env, &["data", "pull", &at, bad.to_str().unwrap()]));
+    assert_eq!(digest(&bad), digest(&data));
 
     // Bad input, each a clear error.
     let no_digest = tiny_config(root, Path::new("s3://team/cifar"), "");

@@ -13,8 +13,9 @@ use cifar_remote::Remote;
 
 use super::{tempdir_in, Dataset, RemoveOnDrop};
 
-/// `trainer data push DIR REMOTE`: uploads a dataset; returns `REMOTE@<digest>`.
-pub fn push(dir: &Path, url: &str) -> Result<String> {
+/// `trainer data push DIR REMOTE`: uploads a dataset; returns `REMOTE@<digest>`. With
+/// `force`, files already there are uploaded again (repairs a corrupted object).
+pub fn push(dir: &Path, url: &str, force: bool) -> Result<String> {
     let ds = Dataset::load(dir)?;
     ds.verify().with_context(|| format!("{} failed verification; not pushing it", dir.display()))?;
     let (base, digest) = cifar_remote::split_digest(url);
@@ -23,7 +24,7 @@ pub fn push(dir: &Path, url: &str) -> Result<String> {
     }
     let remote = Remote::open(base)?;
     errln!("pushing {} ({}) to {}", dir.display(), ds.short_digest(), remote.url());
-    cifar_remote::push_dataset(&remote, dir, &ds.manifest.digest, &mut |l| errln!("{l}"))?;
+    cifar_remote::push_dataset(&remote, dir, &ds.manifest.digest, force, &mut |l| errln!("{l}"))?;
     Ok(format!("{}@{}", remote.url(), ds.manifest.digest))
 }
 
@@ -32,6 +33,10 @@ pub fn pull(url: &str, dir: &Path, force: bool) -> Result<Dataset> {
     if dir.exists() && !force {
         bail!("{} already exists (pass --force to replace it)", dir.display());
     }
+    let empty = std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(true);
+    if dir.exists() && !empty && !dir.join("manifest.json").exists() {
+        bail!("{} is not a dataset directory (no manifest.json); not replacing it", dir.display());
+    }
     let (base, digest) = cifar_remote::split_digest(url);
     let remote = Remote::open(base)?;
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -39,9 +44,15 @@ pub fn pull(url: &str, dir: &Path, force: bool) -> Result<Dataset> {
     let tmp = fetch(&remote, digest, parent)?;
     let guard = RemoveOnDrop(Some(tmp.clone()));
     if dir.exists() {
-        std::fs::remove_dir_all(dir).with_context(|| format!("cannot replace {}", dir.display()))?;
+        // Moved aside first, so that a failure cannot leave neither copy.
+        let old = tempdir_in(parent, ".dataset-old")?;
+        std::fs::remove_dir(&old)?;
+        std::fs::rename(dir, &old).with_context(|| format!("cannot move {} aside", dir.display()))?;
+        std::fs::rename(&tmp, dir).with_context(|| format!("cannot rename into {}", dir.display()))?;
+        let _ = std::fs::remove_dir_all(&old);
+    } else {
+        std::fs::rename(&tmp, dir).with_context(|| format!("cannot rename into {}", dir.display()))?;
     }
-    std::fs::rename(&tmp, dir).with_context(|| format!("cannot rename into {}", dir.display()))?;
     std::mem::forget(guard);
     Dataset::load(dir)
 }
@@ -89,10 +100,19 @@ pub fn local_dir(path: &str) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(&datasets).with_context(|| format!("cannot create the cache {}", datasets.display()))?;
     let tmp = fetch(&Remote::open(base)?, Some(digest), &datasets)?;
+    let guard = RemoveOnDrop(Some(tmp.clone()));
     if dir.exists() {
+        // A broken entry (the checks above failed on it).
         std::fs::remove_dir_all(&dir).with_context(|| format!("cannot replace {}", dir.display()))?;
     }
-    std::fs::rename(&tmp, &dir).with_context(|| format!("cannot rename into {}", dir.display()))?;
+    if let Err(e) = std::fs::rename(&tmp, &dir) {
+        // Another process filled the entry meanwhile: use its copy (the guard drops ours).
+        if Dataset::load(&dir).is_ok_and(|ds| ds.manifest.digest == digest) {
+            return Ok(dir);
+        }
+        return Err(e).with_context(|| format!("cannot rename into {}", dir.display()));
+    }
+    std::mem::forget(guard);
     errln!("dataset {digest:.12} cached in {}", dir.display());
     Ok(dir)
 }

@@ -95,6 +95,10 @@ pub struct PruneArgs {
     dry_run: bool,
     /// Overrides of the fine-tuning recipe, e.g. `train.lr=0.4`.
     overrides: Vec<String>,
+    /// Mirror each fine-tuning round into this MLflow tracking server (default: the
+    /// parent's `[tracking] uri`, else `MLFLOW_TRACKING_URI`).
+    #[arg(long, value_name = "URI")]
+    tracking_uri: Option<String>,
 }
 
 /// `9.5M`, `1.2G`, `9500000` or `9.5e6`.
@@ -447,6 +451,12 @@ pub fn prune_command(args: PruneArgs, quiet: bool) -> Result<()> {
             (dir, plan, cfg, parent)
         }
     };
+    let mut cfg = cfg;
+    if let Some(uri) = &args.tracking_uri {
+        // Where the rounds are mirrored, not how they train: allowed with --resume.
+        cfg.tracking.uri = uri.clone();
+    }
+    crate::track::check(&cfg)?;
     let method = Method::from_name(&plan.method)?;
     let (dev, _) = crate::device::select(&cfg.device)?;
     train::install_interrupt_handler();

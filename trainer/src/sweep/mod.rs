@@ -26,10 +26,11 @@ mod report;
 pub mod spec;
 mod tracking;
 
-pub use process::exit_with_parent;
+pub use process::{exit_with_parent, RUN_LOCKED};
 use process::{lock, terminate, wait_for_run_lock};
 
 use std::fs::File;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
@@ -56,8 +57,9 @@ pub const PARENT_RUN_ENV: &str = "CIFAR_TRACKING_PARENT_RUN_ID";
 The sweep file is W&B's sweep schema in TOML; configs/sweep-example.toml shows every key.
 Parameters are the config's dotted keys, with `value`, `values`, or a `distribution`
 (uniform, int_uniform, log_uniform_values, log_uniform, categorical) and `min`/`max`.
-With [early_terminate] type = \"hyperband\", a trial that is not among the best 1/eta at
-epochs min_iter, min_iter*eta, ... is stopped there.
+With [early_terminate] type = \"hyperband\", at epochs min_iter, min_iter*eta, ... (before
+its last) a trial goes on only if it is among the best ceil(n/eta) of the n trials that
+reached that epoch so far (the first to get there always goes on); else it stops there.
 
 Examples:
   trainer sweep --config configs/sweep-example.toml -j 2             # -> sweeps/<time>-<name>/
@@ -75,7 +77,7 @@ pub struct SweepArgs {
     #[arg(long, conflicts_with = "config", value_name = "DIR")]
     resume: Option<PathBuf>,
     /// Where to write the sweep (default sweeps/<time>-<name>).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
     sweep_dir: Option<PathBuf>,
     /// Trials run at the same time; each gets 1/N of the CPU threads.
     #[arg(long, short, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -142,6 +144,8 @@ struct Running {
     secs_before: f64,
     /// Asked to stop (early termination or an interrupt).
     stopping: Option<Instant>,
+    /// The trial's epochs, rounded up: its last epoch is never a rung.
+    epochs: usize,
 }
 
 /// An open sweep directory.
@@ -300,6 +304,11 @@ impl Sweep {
     /// After a crash: trials left `running` either finished meanwhile, continue from
     /// their checkpoint, or start again.
     fn settle_interrupted(&mut self) -> Result<()> {
+        if self.state.trials.iter().any(|t| t.status != Status::Finished) {
+            // A trial process of the dead sweep notices within 100 ms (`exit_with_parent`);
+            // give it time to stop or to take its run lock before its directory is judged.
+            std::thread::sleep(Duration::from_millis(500));
+        }
         for i in 0..self.state.trials.len() {
             if self.state.trials[i].status != Status::Running {
                 continue;
@@ -362,6 +371,8 @@ impl Sweep {
                     Some(status) => {
                         let r = running.swap_remove(k);
                         self.state.trials[r.index].secs = r.secs_before + r.started.elapsed().as_secs_f64();
+                        // A trial may have exited on the signal before this loop saw it.
+                        let interrupted = interrupted || INTERRUPTED.load(Ordering::SeqCst);
                         self.on_exit(r.index, status.success(), interrupted)?;
                     }
                     None => {
@@ -395,6 +406,9 @@ impl Sweep {
         let trial = &self.state.trials[i];
         let log_path = self.dir.join("logs").join(format!("{}.log", trial.id));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        // The trial's own epochs (a sweep may search over `train.epochs`).
+        let epochs =
+            self.base.with_overrides(&self.overrides(i)).map_or(self.epochs, |c| c.train.epochs.ceil() as usize);
         let mut cmd = Command::new(std::env::current_exe().context("cannot find the trainer executable")?);
         cmd.arg("--quiet").arg("fit");
         let resume = dir.join("checkpoints/last.safetensors").exists();
@@ -416,7 +430,13 @@ impl Sweep {
         if !self.state.tracking_run_id.is_empty() {
             cmd.env(PARENT_RUN_ENV, &self.state.tracking_run_id);
         }
-        cmd.env(EXIT_WITH_PARENT_ENV, "1").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        // Its own process group: a Ctrl-C reaches only the sweep, which then asks each trial
+        // once (a second signal would make `fit` quit without its checkpoint).
+        cmd.env(EXIT_WITH_PARENT_ENV, std::process::id().to_string())
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
         let child = cmd.spawn().context("cannot start a trial process")?;
         let t = &mut self.state.trials[i];
         t.status = Status::Running;
@@ -427,7 +447,7 @@ impl Sweep {
             t.params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
         );
         let secs_before = t.secs;
-        Ok(Running { index: i, child, started: Instant::now(), secs_before, stopping: None })
+        Ok(Running { index: i, child, started: Instant::now(), secs_before, stopping: None, epochs })
     }
 
     /// Trial `i`'s `fit` overrides.
@@ -451,7 +471,7 @@ impl Sweep {
         let trial = &self.state.trials[r.index];
         let judged = trial.judged_through;
         let fresh: Vec<(usize, f64)> =
-            trial.history.iter().copied().filter(|(e, _)| *e > judged && *e < self.epochs).collect();
+            trial.history.iter().copied().filter(|(e, _)| *e > judged && *e < r.epochs).collect();
         for (epoch, value) in fresh {
             self.state.trials[r.index].judged_through = epoch;
             if !h.is_rung(epoch) {
@@ -471,7 +491,7 @@ impl Sweep {
                 t.stopped_at = Some(epoch);
                 t.metric = Some(value);
                 errln!(
-                    "{}: stopped at epoch {epoch}: {} {value:.4} is not among the best 1/{} of {} trials there",
+                    "{}: stopped at epoch {epoch}: {} {value:.4} is not among the best ceil(n/{}) of n = {} trials there",
                     t.id,
                     self.spec.metric.name,
                     h.eta,

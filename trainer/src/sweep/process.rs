@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -31,14 +31,7 @@ pub(super) fn terminate(r: &mut Running) {
 /// Holds the sweep directory's lock for as long as the sweep runs: a second `trainer
 /// sweep` on the same directory is refused instead of running every trial twice.
 pub(super) fn lock(dir: &Path) -> Result<File> {
-    let f = File::create(dir.join(".lock")).with_context(|| format!("cannot write in {}", dir.display()))?;
-    match f.try_lock() {
-        Ok(()) => Ok(f),
-        Err(std::fs::TryLockError::WouldBlock) => {
-            bail!("another `trainer sweep` is running in {}", dir.display())
-        }
-        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", dir.display())),
-    }
+    crate::run::lock_file(&dir.join(".lock"), "trainer sweep")
 }
 
 /// Waits (up to two minutes) until no `fit` process holds run `dir`'s lock.
@@ -65,19 +58,33 @@ pub(super) fn wait_for_run_lock(dir: &Path) -> Result<()> {
     }
 }
 
-/// In a `fit` started by a sweep: stop (saving a checkpoint, as on Ctrl-C) when the
-/// sweep process goes away, so that no orphan keeps training beside a resumed sweep.
+/// In a `fit` started by a sweep (`CIFAR_EXIT_WITH_PARENT=<the sweep's pid>`): stop when
+/// the sweep process goes away, so that no orphan keeps training beside a resumed sweep.
+/// Called first thing in `fit`: if the sweep is already gone the process exits at once;
+/// later, before the run directory is locked, it exits (nothing worth keeping exists
+/// yet), and after that it saves a checkpoint and stops, as on Ctrl-C.
 pub fn exit_with_parent() {
-    if std::env::var_os(EXIT_WITH_PARENT_ENV).is_none() {
+    let Some(parent) = std::env::var(EXIT_WITH_PARENT_ENV).ok().and_then(|p| p.parse::<u32>().ok()) else {
         return;
+    };
+    let gone = move || std::os::unix::process::parent_id() != parent;
+    if gone() {
+        errln!("the sweep that started this trial has stopped; not starting");
+        std::process::exit(130);
     }
-    let parent = std::os::unix::process::parent_id();
     let _ = std::thread::Builder::new().name("parent-watch".into()).spawn(move || loop {
-        std::thread::sleep(Duration::from_millis(250));
-        if std::os::unix::process::parent_id() != parent {
+        std::thread::sleep(Duration::from_millis(100));
+        if gone() {
+            if !RUN_LOCKED.load(Ordering::SeqCst) {
+                errln!("the sweep that started this trial has stopped; stopping before training");
+                std::process::exit(130);
+            }
             errln!("the sweep that started this trial has stopped: saving a checkpoint and stopping");
             INTERRUPTED.store(true, Ordering::SeqCst);
             return;
         }
     });
 }
+
+/// Set by `fit` once it holds its run directory's lock.
+pub static RUN_LOCKED: AtomicBool = AtomicBool::new(false);

@@ -92,7 +92,7 @@ fn table(spec: &SweepSpec, state: &State, dir: &Path) -> String {
             let _ = writeln!(
                 s,
                 " Early termination: hyperband (asynchronous successive halving), min_iter {} epochs, eta {}: \
-                 at epochs {}, {}, ... a trial goes on only among the best 1/{} so far.\n",
+                 at epochs {}, {}, ... (before its last) a trial goes on only among the best ceil(n/{}) of the n trials there so far.\n",
                 e.min_iter,
                 e.eta,
                 e.min_iter,

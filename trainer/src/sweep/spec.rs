@@ -147,7 +147,8 @@ pub enum Distribution {
 
 /// `[early_terminate]`: asynchronous successive halving (Hyperband's inner loop, as W&B
 /// runs it): at epochs `min_iter`, `min_iter*eta`, `min_iter*eta^2`, ... a trial goes on
-/// only if its metric is among the best `1/eta` of all trials that reached that epoch.
+/// only if its metric is among the best `ceil(n/eta)` of the `n` trials that reached that
+/// epoch so far (see `hyperband.rs`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EarlyTerminate {
