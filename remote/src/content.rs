@@ -172,6 +172,7 @@ pub fn fetch_model(url: &str) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the cache {}", dir.display()))?;
     let remote = Remote::open(&m.folder)?;
+    crate::remove_stale(&dir, &format!(".{}.", m.sha256));
     let tmp = dir.join(format!(".{}.{}.part", m.sha256, std::process::id()));
     remote.get_verified(&format!("{}.cifar", m.sha256), &m.sha256, &tmp)?;
     std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;

@@ -98,10 +98,13 @@ fn datasets_and_models_round_trip_through_s3() {
     );
     assert!(!bad.exists());
     assert!(!entries(root).iter().any(|e| e.starts_with(".dataset-pull")), "{:?}", entries(root));
-    // `push --force` repairs it.
+    // `push --force` repairs it; the next pull also clears what a killed one left.
     ok(run_s3(root, &env, &["data", "push", "--force", data.to_str().unwrap(), "s3://team/cifar"]));
+    let stale = root.join(".dataset-pull-999999999-0");
+    std::fs::create_dir(&stale).unwrap();
     ok(run_s3(root, &env, &["data", "pull", &at, bad.to_str().unwrap()]));
     assert_eq!(digest(&bad), digest(&data));
+    assert!(!stale.exists(), "a dead pull's leftovers stay");
 
     // Bad input, each a clear error.
     let no_digest = tiny_config(root, Path::new("s3://team/cifar"), "");

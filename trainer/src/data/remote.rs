@@ -60,6 +60,7 @@ pub fn pull(url: &str, dir: &Path, force: bool) -> Result<Dataset> {
 /// Downloads dataset `digest` of `remote` into a new temporary folder in `parent` and
 /// checks it; returns the folder.
 fn fetch(remote: &Remote, digest: Option<&str>, parent: &Path) -> Result<PathBuf> {
+    cifar_remote::remove_stale(parent, ".dataset-pull-");
     let tmp = tempdir_in(parent, ".dataset-pull")?;
     std::fs::remove_dir(&tmp)?;
     let guard = RemoveOnDrop(Some(tmp.clone()));

@@ -233,8 +233,17 @@ fn chart(path: &Path, spec: &SweepSpec, state: &State) -> Result<()> {
     }
     let pad = ((y1 - y0) * 0.05).max(1e-3);
     let x1 = pts.iter().map(|p| p.0).max().unwrap_or(1).max(1) as f64 + 1.0;
-    // Colours and the metric axis span the final metrics.
-    let (f0, f1) = finals.iter().fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(*v), b.max(*v)));
+    // Colours and the metric axis span the finished trials' metrics (stopped trials,
+    // judged early, sit at the worst end), or every final metric before any finished.
+    let finished: Vec<f64> = state
+        .trials
+        .iter()
+        .filter(|t| t.status == Status::Finished)
+        .filter_map(|t| t.metric)
+        .filter(|m| m.is_finite())
+        .collect();
+    let span = if finished.is_empty() { &finals } else { &finished };
+    let (f0, f1) = span.iter().fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(*v), b.max(*v)));
     let rank = |v: f64| {
         let f = if f1 > f0 { ((v - f0) / (f1 - f0)).clamp(0.0, 1.0) } else { 1.0 };
         if spec.goal() == Goal::Maximize {
