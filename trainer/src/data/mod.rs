@@ -220,15 +220,7 @@ impl Dataset {
         }
         let manifest = serde_json::to_vec_pretty(&self.manifest)?;
         cifar_sdk::write_atomic(&tmp.join("manifest.json"), &manifest)?;
-        if dir.exists() {
-            let old = tempdir_in(parent, ".dataset-old")?;
-            std::fs::remove_dir(&old)?;
-            std::fs::rename(dir, &old).with_context(|| format!("cannot move {} aside", dir.display()))?;
-            std::fs::rename(&tmp, dir).with_context(|| format!("cannot rename into {}", dir.display()))?;
-            std::fs::remove_dir_all(&old).ok();
-        } else {
-            std::fs::rename(&tmp, dir).with_context(|| format!("cannot rename into {}", dir.display()))?;
-        }
+        replace_dir(&tmp, dir, parent)?;
         std::mem::forget(guard);
         Ok(())
     }
@@ -360,6 +352,21 @@ pub fn tempdir_in(parent: &Path, prefix: &str) -> Result<PathBuf> {
         }
     }
     bail!("cannot create a temporary directory in {}", parent.display())
+}
+
+/// Renames the finished directory `tmp` to `dir` (both in `parent`). An existing `dir` is
+/// moved aside first and removed after, so a failure never leaves neither copy.
+pub fn replace_dir(tmp: &Path, dir: &Path, parent: &Path) -> Result<()> {
+    if dir.exists() {
+        let old = tempdir_in(parent, ".dataset-old")?;
+        std::fs::remove_dir(&old)?;
+        std::fs::rename(dir, &old).with_context(|| format!("cannot move {} aside", dir.display()))?;
+        std::fs::rename(tmp, dir).with_context(|| format!("cannot rename into {}", dir.display()))?;
+        let _ = std::fs::remove_dir_all(&old);
+    } else {
+        std::fs::rename(tmp, dir).with_context(|| format!("cannot rename into {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Removes a directory tree when dropped (unless forgotten): no partial output survives

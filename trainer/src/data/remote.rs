@@ -43,16 +43,7 @@ pub fn pull(url: &str, dir: &Path, force: bool) -> Result<Dataset> {
     std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     let tmp = fetch(&remote, digest, parent)?;
     let guard = RemoveOnDrop(Some(tmp.clone()));
-    if dir.exists() {
-        // Moved aside first, so that a failure cannot leave neither copy.
-        let old = tempdir_in(parent, ".dataset-old")?;
-        std::fs::remove_dir(&old)?;
-        std::fs::rename(dir, &old).with_context(|| format!("cannot move {} aside", dir.display()))?;
-        std::fs::rename(&tmp, dir).with_context(|| format!("cannot rename into {}", dir.display()))?;
-        let _ = std::fs::remove_dir_all(&old);
-    } else {
-        std::fs::rename(&tmp, dir).with_context(|| format!("cannot rename into {}", dir.display()))?;
-    }
+    super::replace_dir(&tmp, dir, parent)?;
     std::mem::forget(guard);
     Dataset::load(dir)
 }

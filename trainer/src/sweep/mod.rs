@@ -146,6 +146,8 @@ struct Running {
     stopping: Option<Instant>,
     /// The trial's epochs, rounded up: its last epoch is never a rung.
     epochs: usize,
+    /// The size of its `metrics.jsonl` when last read.
+    records_len: u64,
 }
 
 /// An open sweep directory.
@@ -155,8 +157,6 @@ struct Sweep {
     base: Config,
     state: State,
     halving: Option<Halving>,
-    /// The base recipe's epochs, rounded up: the last epoch is never a rung.
-    epochs: usize,
     threads: usize,
     tracking_uri: Option<String>,
     _lock: File,
@@ -279,17 +279,7 @@ impl Sweep {
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
         };
         let tracking_uri = crate::track::tracking_uri(&base);
-        Ok(Sweep {
-            epochs: base.train.epochs.ceil() as usize,
-            threads: (cores / jobs.max(1)).max(1),
-            halving,
-            dir,
-            spec,
-            base,
-            state,
-            tracking_uri,
-            _lock: lock,
-        })
+        Ok(Sweep { threads: (cores / jobs.max(1)).max(1), halving, dir, spec, base, state, tracking_uri, _lock: lock })
     }
 
     fn run_dir(&self, i: usize) -> PathBuf {
@@ -406,9 +396,10 @@ impl Sweep {
         let trial = &self.state.trials[i];
         let log_path = self.dir.join("logs").join(format!("{}.log", trial.id));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-        // The trial's own epochs (a sweep may search over `train.epochs`).
-        let epochs =
-            self.base.with_overrides(&self.overrides(i)).map_or(self.epochs, |c| c.train.epochs.ceil() as usize);
+        // Checked here as `fit` will check it: a value the recipe refuses fails the trial
+        // now, with the reason. Its epochs are its own (a sweep may search `train.epochs`).
+        let overrides = self.overrides(i);
+        let epochs = self.base.with_overrides(&overrides)?.train.epochs.ceil() as usize;
         let mut cmd = Command::new(std::env::current_exe().context("cannot find the trainer executable")?);
         cmd.arg("--quiet").arg("fit");
         let resume = dir.join("checkpoints/last.safetensors").exists();
@@ -418,10 +409,6 @@ impl Sweep {
             if dir.exists() {
                 std::fs::remove_dir_all(&dir)?;
             }
-            // The overrides are checked here as `fit` will check them: a value the recipe
-            // refuses fails the trial now, with the reason.
-            let overrides = self.overrides(i);
-            self.base.with_overrides(&overrides)?;
             cmd.arg("--config").arg(self.dir.join("base.toml")).args(&overrides).arg("--run-dir").arg(&dir);
         }
         if let Some(uri) = &self.tracking_uri {
@@ -447,7 +434,7 @@ impl Sweep {
             t.params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
         );
         let secs_before = t.secs;
-        Ok(Running { index: i, child, started: Instant::now(), secs_before, stopping: None, epochs })
+        Ok(Running { index: i, child, started: Instant::now(), secs_before, stopping: None, epochs, records_len: 0 })
     }
 
     /// Trial `i`'s `fit` overrides.
@@ -464,6 +451,12 @@ impl Sweep {
         if r.stopping.is_some() {
             return Ok(());
         }
+        // Epoch records are rare among step records: parse the file only when it grew.
+        let len = std::fs::metadata(self.run_dir(r.index).join("metrics.jsonl")).map_or(0, |m| m.len());
+        if len == r.records_len {
+            return Ok(());
+        }
+        r.records_len = len;
         let (history, epochs) = self.history(r.index);
         let trial = &mut self.state.trials[r.index];
         (trial.history, trial.epochs) = (history, epochs);
