@@ -16,9 +16,12 @@ if cargo clippy --version >/dev/null 2>&1; then
 else
   echo "warning: clippy is not installed; skipping the lints" >&2
 fi
-# A real MLflow server for the tracking tests and a real S3 API (moto) for the
-# object-storage tests (each installed once; the tests start and stop them on loopback).
+# A real MLflow server for the tracking tests, a real S3 API (moto) for the
+# object-storage tests, and a real Prometheus for the drift alert test (each installed
+# once; the tests start and stop them on loopback).
+scripts/deploy-tools.sh >/dev/null
 CIFAR_MLFLOW="$(scripts/mlflow-venv.sh)" CIFAR_MOTO="$(scripts/moto-venv.sh)" \
+  CIFAR_PROMETHEUS="$(command -v prometheus || true)" \
   cargo test --release --locked --workspace
 # The SDK's device engine (candle tensors), on candle's CPU device against the CPU engine.
 cargo test --release --locked -p cifar-sdk --features candle --test device_engine
@@ -29,6 +32,9 @@ scripts/cuda-check.sh
 cargo test --locked -p cifar-sdk
 # The C ABI: libraries, symbol list, C/C++/Python tests (valgrind, static + shared).
 scripts/test-bindings.sh
+# deploy/: hadolint, promtool (rules and their tests), the Kubernetes schemas, and the
+# server image built and run from its filesystem.
+scripts/test-deploy.sh
 # cifar-serve driven by the real Triton client (tritonclient from PyPI), HTTP and gRPC.
 scripts/test-triton.sh
 # The speed regression gate: this commit's benchmarks against the previous commit's,

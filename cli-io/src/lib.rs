@@ -12,7 +12,9 @@
 //! - [`errln!`] writes a diagnostic line to stderr and ignores a failure to do so;
 //! - [`exit_status`] turns `main`'s result into the exit status: success, or success
 //!   when the error is a broken pipe on the way (status 0, not SIGPIPE's 141, which
-//!   `set -o pipefail` would count as a failure), or the error on stderr and status 1.
+//!   `set -o pipefail` would count as a failure), status 3 for a [`CheckFailed`] (a
+//!   gate that ran and failed: `trainer robustness`, `trainer drift --fail-on-drift`),
+//!   or the error on stderr and status 1.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -57,14 +59,35 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
+/// The error of a check that ran to the end and failed (a model under a quality gate,
+/// input that drifted): exit status [`CHECK_FAILED`], so that scripts can tell it from
+/// a command that could not run (status 1).
+#[derive(Debug)]
+pub struct CheckFailed(pub String);
+
+impl std::fmt::Display for CheckFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CheckFailed {}
+
+/// The exit status of a [`CheckFailed`].
+pub const CHECK_FAILED: u8 = 3;
+
 /// The exit status for `main`'s result: 0 on success and when stdout was closed by the
-/// reader (a normal end for a command-line program); otherwise the error, with its
-/// causes, on stderr and status 1.
+/// reader (a normal end for a command-line program); [`CHECK_FAILED`] for a failed
+/// check; otherwise the error, with its causes, on stderr and status 1.
 pub fn exit_status(result: anyhow::Result<()>) -> ExitCode {
     let result = result.and_then(|()| flush_stdout().map_err(anyhow::Error::from));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<CheckFailed>().is_some() => {
+            errln!("check failed: {e}");
+            ExitCode::from(CHECK_FAILED)
+        }
         Err(e) => {
             errln!("error: {e:#}");
             ExitCode::FAILURE

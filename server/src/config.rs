@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use cifar_sdk::drift::DriftConfig;
 use clap::Parser;
 
 /// cifar-serve: serves a compiled `.cifar` classifier over HTTP and gRPC.
@@ -142,21 +143,21 @@ pub struct Config {
     pub request_timeout_ms: u64,
 
     /// Images in the sliding window that drift is measured over.
-    #[arg(long, env = "CIFAR_SERVE_DRIFT_WINDOW", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(10..))]
+    #[arg(long, env = "CIFAR_SERVE_DRIFT_WINDOW", default_value_t = DriftConfig::default().window as u32, value_parser = clap::value_parser!(u32).range(10..))]
     pub drift_window: u32,
 
     /// Drift alarm threshold on the drift score (the largest PSI over the input features
     /// and the confidence; 0.25 is the usual "significant shift" level).
-    #[arg(long, env = "CIFAR_SERVE_DRIFT_THRESHOLD", default_value_t = 0.25)]
+    #[arg(long, env = "CIFAR_SERVE_DRIFT_THRESHOLD", default_value_t = DriftConfig::default().threshold)]
     pub drift_threshold: f64,
 
     /// Drift alarm threshold on the Jensen-Shannon divergence (bits, 0..1) between the
     /// predicted-class distribution of the window and of the reference.
-    #[arg(long, env = "CIFAR_SERVE_DRIFT_CLASS_THRESHOLD", default_value_t = 0.1)]
+    #[arg(long, env = "CIFAR_SERVE_DRIFT_CLASS_THRESHOLD", default_value_t = DriftConfig::default().class_threshold)]
     pub drift_class_threshold: f64,
 
     /// Images the window must hold before drift is judged.
-    #[arg(long, env = "CIFAR_SERVE_DRIFT_MIN_IMAGES", default_value_t = 200)]
+    #[arg(long, env = "CIFAR_SERVE_DRIFT_MIN_IMAGES", default_value_t = DriftConfig::default().min_images as u32)]
     pub drift_min_images: u32,
 
     /// Log format: `text` for people, `json` for log collectors. The level comes from

@@ -169,6 +169,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         min_images: config.drift_min_images as usize,
     }));
     telemetry.set_models(&repository.all());
+    telemetry.set_queue_capacity(config.max_queue as usize);
     let policy = BatchPolicy {
         max_batch: config.max_batch as usize,
         max_queue_delay: Duration::from_micros(config.max_queue_delay_us),

@@ -285,7 +285,7 @@ struct DriftQuery {
 
 async fn drift(State(state): State<AppState>, Query(query): Query<DriftQuery>) -> ApiResult<Json<Value>> {
     let model = infer::default_or_named(&state, query.model.as_deref())?;
-    let report = state.telemetry.drift_for(&model).report();
+    let report = state.telemetry.drift_for(&model).report(&model);
     state.telemetry.set_drift(&report);
     Ok(Json(serde_json::to_value(report).unwrap_or(Value::Null)))
 }

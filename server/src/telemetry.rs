@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cifar_sdk::drift::{image_features, FEATURE_NAMES};
+use cifar_sdk::drift::{Observation, Transition, FEATURE_NAMES};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -26,7 +26,7 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
 use crate::batcher::Pixels;
-use crate::drift::{DriftConfig, DriftMonitor, DriftReport, Observation, Transition};
+use crate::drift::{DriftConfig, DriftMonitor, DriftReport};
 use crate::repository::ServedModel;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -123,6 +123,7 @@ pub struct Telemetry {
     queue_us: Family<ModelLabels, Counter>,
     compute_us: Family<ModelLabels, Counter>,
     pending: Gauge,
+    queue_capacity: Gauge,
     http_requests: Family<HttpLabels, Counter>,
     request_seconds: HistogramFamily<EndpointLabels>,
     queue_seconds: Histogram,
@@ -154,6 +155,7 @@ impl Telemetry {
             queue_us: Family::default(),
             compute_us: Family::default(),
             pending: Gauge::default(),
+            queue_capacity: Gauge::default(),
             http_requests: Family::default(),
             request_seconds: Family::new_with_constructor(latency_histogram),
             queue_seconds: latency_histogram(),
@@ -192,6 +194,11 @@ impl Telemetry {
             t.compute_us.clone(),
         );
         r.register("nv_inference_pending_request_count", "Requests waiting for a worker", t.pending.clone());
+        r.register(
+            "cifar_queue_capacity",
+            "Requests the queue holds before refusing with 503 (--max-queue)",
+            t.queue_capacity.clone(),
+        );
         r.register("cifar_http_requests", "HTTP requests by endpoint and status code", t.http_requests.clone());
         r.register("cifar_request_duration_seconds", "HTTP request latency by endpoint", t.request_seconds.clone());
         r.register(
@@ -203,6 +210,11 @@ impl Telemetry {
         r.register("cifar_batch_size", "Images per executed batch", t.batch_size.clone());
         r.register("cifar_requests_in_flight", "HTTP requests being handled", t.in_flight.clone());
         r.register("cifar_model_info", "The served model (value 1)", t.model_info.clone());
+        // Both outcomes exist from the start, so that the first failure is an increase
+        // (`increase()` over a series that appears at 1 is 0).
+        for outcome in ["success", "failure"] {
+            let _ = t.reloads.get_or_create(&OutcomeLabels { outcome: outcome.into() });
+        }
         r.register("cifar_model_reloads", "Model reloads by outcome", t.reloads.clone());
         r.register(
             "cifar_drift_score",
@@ -249,7 +261,7 @@ impl Telemetry {
                     classes: m.classes().to_string(),
                 })
                 .set(1);
-            self.set_drift(&self.drift_for(model).report());
+            self.set_drift(&self.drift_for(model).report(model));
         }
     }
 
@@ -287,6 +299,11 @@ impl Telemetry {
         } else {
             self.in_flight.dec();
         }
+    }
+
+    /// The queue's capacity (`--max-queue`), for saturation alerts.
+    pub fn set_queue_capacity(&self, capacity: usize) {
+        self.queue_capacity.set(i64::try_from(capacity).unwrap_or(i64::MAX));
     }
 
     /// Jobs waiting in the queue.
@@ -343,30 +360,30 @@ impl Telemetry {
         let mut observations = Vec::with_capacity(images);
         let mut rgb = vec![0u8; image_len];
         for (i, row) in logits.chunks_exact(classes).enumerate().take(images) {
-            let features = match pixels {
-                Pixels::Rgb8(p) => p.get(i * image_len..(i + 1) * image_len).map(|img| image_features(img, w, h)),
+            let observation = match pixels {
+                Pixels::Rgb8(p) => {
+                    p.get(i * image_len..(i + 1) * image_len).map(|img| Observation::of_image(img, w, h, row))
+                }
                 Pixels::Nchw(p) => p.get(i * image_len..(i + 1) * image_len).map(|img| {
                     planar_to_rgb8(img, h * w, &norm, &mut rgb);
-                    image_features(&rgb, w, h)
+                    Observation::of_image(&rgb, w, h, row)
                 }),
             };
-            let Some(features) = features else { continue };
-            let (class, confidence) = top1(row);
-            observations.push(Observation { features: features.values(), class, confidence });
+            observations.extend(observation);
         }
         let (report, transition) = self.drift_for(model).observe(model, &observations);
         self.set_drift(&report);
         match transition {
             Some(Transition::Raised) => tracing::warn!(
                 model = %report.model,
-                score = report.score,
-                threshold = report.threshold,
-                class_js = report.class_js,
-                window = report.window_images,
+                score = report.stats.score,
+                threshold = report.stats.threshold,
+                class_js = report.stats.class_js,
+                window = report.stats.window_images,
                 "input drift: a threshold is crossed (GET /v1/drift for the per-feature report)"
             ),
             Some(Transition::Cleared) => {
-                tracing::info!(model = %report.model, score = report.score, "input drift: back under the thresholds")
+                tracing::info!(model = %report.model, score = report.stats.score, "input drift: back under the thresholds")
             }
             None => {}
         }
@@ -375,15 +392,15 @@ impl Telemetry {
     /// Copies a drift report into the gauges.
     pub fn set_drift(&self, report: &DriftReport) {
         let l = DriftLabels { model: report.model.clone() };
-        self.drift_score.get_or_create(&l).set(report.score);
-        self.drift_class_js.get_or_create(&l).set(report.class_js);
-        self.drift_window.get_or_create(&l).set(i64::try_from(report.window_images).unwrap_or(i64::MAX));
-        self.drift_alert.get_or_create(&l).set(i64::from(report.drifting));
+        self.drift_score.get_or_create(&l).set(report.stats.score);
+        self.drift_class_js.get_or_create(&l).set(report.stats.class_js);
+        self.drift_window.get_or_create(&l).set(i64::try_from(report.stats.window_images).unwrap_or(i64::MAX));
+        self.drift_alert.get_or_create(&l).set(i64::from(report.stats.drifting));
         let feature = |name: &str| FeatureLabels { model: report.model.clone(), feature: name.into() };
-        for f in &report.features {
+        for f in &report.stats.features {
             self.drift_psi.get_or_create(&feature(&f.name)).set(f.psi);
         }
-        if report.features.is_empty() {
+        if report.stats.features.is_empty() {
             for name in FEATURE_NAMES {
                 self.drift_psi.get_or_create(&feature(name)).set(0.0);
             }
@@ -454,17 +471,6 @@ fn labels(model: &ServedModel) -> ModelLabels {
 }
 
 /// Index and softmax probability of the largest logit.
-fn top1(logits: &[f32]) -> (usize, f32) {
-    let (mut best, mut max) = (0, f32::NEG_INFINITY);
-    for (i, &l) in logits.iter().enumerate() {
-        if l > max {
-            (best, max) = (i, l);
-        }
-    }
-    let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
-    (best, if sum > 0.0 { 1.0 / sum } else { 0.0 })
-}
-
 /// Normalized planar f32 back to interleaved RGB8, for the drift features of FP32 inputs.
 fn planar_to_rgb8(img: &[f32], hw: usize, norm: &cifar_sdk::Normalization, out: &mut [u8]) {
     for (c, plane) in img.chunks_exact(hw.max(1)).enumerate().take(3) {
@@ -480,14 +486,6 @@ fn planar_to_rgb8(img: &[f32], hw: usize, norm: &cifar_sdk::Normalization, out: 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn top1_is_argmax_with_softmax_probability() {
-        let (c, p) = top1(&[0.0, 2.0, 1.0]);
-        assert_eq!(c, 1);
-        let expect = 2f32.exp() / (1.0 + 2f32.exp() + 1f32.exp());
-        assert!((p - expect).abs() < 1e-6);
-    }
 
     #[test]
     fn planar_round_trips_rgb8() {

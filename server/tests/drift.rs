@@ -1,6 +1,8 @@
 //! Drift monitoring end to end: validation images keep the drift score under the
 //! threshold; the same images darkened, blurred or noised push it over, visible on
-//! /metrics and /v1/drift, and logged.
+//! /metrics and /v1/drift, and logged. And a real Prometheus (Debian's, named in
+//! `CIFAR_PROMETHEUS` by scripts/test.sh) with deploy/prometheus/rules.yml, scraping a
+//! running server, sees the drift alert go from inactive to firing.
 
 mod common;
 
@@ -119,4 +121,167 @@ fn shifted_inputs_raise_the_drift_alarm_and_validation_images_do_not() {
     let log = server.log_text();
     assert_eq!(log.matches("input drift: a threshold is crossed").count(), 3, "{log}");
     assert_eq!(log.matches("input drift: back under the thresholds").count(), 2, "{log}");
+}
+
+/// Prometheus, started on loopback with a config that scrapes `target` every second and
+/// evaluates deploy/prometheus/rules.yml; killed on drop.
+struct Prometheus {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    fn start(exe: &std::path::Path, target: &str) -> Prometheus {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::copy(root().join("deploy/prometheus/rules.yml"), dir.path().join("rules.yml")).expect("rules.yml");
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [rules.yml]\n\
+             scrape_configs:\n  - job_name: cifar-serve\n    static_configs:\n      - targets: [\"{target}\"]\n"
+        );
+        std::fs::write(dir.path().join("prometheus.yml"), config).expect("config");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log");
+        let child = std::process::Command::new(exe)
+            .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start prometheus");
+        Prometheus { child, url: format!("http://127.0.0.1:{port}"), _dir: dir }
+    }
+
+    fn get(&self, path: &str) -> Option<Value> {
+        let v: Value = client().get(format!("{}{path}", self.url)).send().ok()?.json().ok()?;
+        (v["status"] == "success").then(|| v["data"].clone())
+    }
+
+    /// Waits up to `secs` for `check` to hold on the answer of `path`.
+    fn wait_for(&self, path: &str, secs: u64, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            if let Some(v) = self.get(path) {
+                if check(&v) {
+                    return v;
+                }
+                assert!(std::time::Instant::now() < deadline, "{what}: not within {secs} s; last answer {v}");
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}: Prometheus did not answer within {secs} s");
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    }
+
+    /// The state of the alerting rule `name` (`inactive`, `pending`, `firing`).
+    fn rule_state(&self, name: &str) -> Option<String> {
+        let rules = self.get("/api/v1/rules?type=alert")?;
+        rules["groups"]
+            .as_array()?
+            .iter()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .find(|r| r["name"] == name)
+            .and_then(|r| r["state"].as_str().map(str::to_string))
+    }
+}
+
+/// Metric names (`nv_*`, `cifar_*`) a PromQL-bearing file refers to.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for (i, _) in text.match_indices(['n', 'c']) {
+        let rest = &text[i..];
+        if !(rest.starts_with("nv_") || rest.starts_with("cifar_")) {
+            continue;
+        }
+        if text[..i].chars().next_back().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '/')
+        {
+            continue;
+        }
+        let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        // Not a prefix in prose (`nv_*`).
+        if !name.ends_with('_') {
+            names.insert(name);
+        }
+    }
+    names
+}
+
+#[test]
+fn prometheus_with_the_deploy_rules_fires_the_drift_alert() {
+    let Some(exe) = std::env::var_os("CIFAR_PROMETHEUS").filter(|v| !v.is_empty()).map(std::path::PathBuf::from) else {
+        eprintln!("skipped: CIFAR_PROMETHEUS is not set (scripts/test.sh installs Prometheus and sets it)");
+        return;
+    };
+    let server =
+        Server::start(&fixture("models/tiny-int8.cifar"), &["--drift-window", "300", "--drift-min-images", "200"]);
+    let prometheus = Prometheus::start(&exe, server.url.trim_start_matches("http://"));
+    prometheus.wait_for("/api/v1/targets", 60, "the cifar-serve target up", |v| {
+        v["activeTargets"].as_array().is_some_and(|t| t.iter().any(|t| t["health"] == "up"))
+    });
+
+    // In-distribution traffic: the rule is evaluated and stays inactive.
+    let mut validation = validation_images();
+    let mut state = 7u64;
+    for i in (1..validation.len()).rev() {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        validation.swap(i, (state >> 33) as usize % (i + 1));
+    }
+    serve_all(&server, &validation[..300]);
+    assert_eq!(report(&server)["judged"], true);
+    // Wait for a scrape and an evaluation that saw the judged window.
+    prometheus.wait_for("/api/v1/query?query=cifar_drift_window_images", 30, "the full window scraped", |v| {
+        v["result"].as_array().is_some_and(|r| r.iter().any(|s| s["value"][1] == "300"))
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(prometheus.rule_state("CifarInputDrift").as_deref(), Some("inactive"));
+
+    // Drifted traffic: the server's alarm, then the alert.
+    let dark: Vec<Vec<u8>> = validation[..300].iter().map(|i| darken(i)).collect();
+    serve_all(&server, &dark);
+    assert_eq!(report(&server)["drifting"], true);
+    let alerts = prometheus.wait_for("/api/v1/alerts", 30, "CifarInputDrift firing", |v| {
+        v["alerts"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|a| a["labels"]["alertname"] == "CifarInputDrift" && a["state"] == "firing"))
+    });
+    let alert =
+        alerts["alerts"].as_array().unwrap().iter().find(|a| a["labels"]["alertname"] == "CifarInputDrift").unwrap();
+    assert_eq!(alert["labels"]["model"], MODEL, "{alert}");
+    assert_eq!(alert["labels"]["severity"], "warning", "{alert}");
+
+    // Every metric the rules and the Grafana dashboard name exists on the server: make
+    // the lazily created series appear (a rejected request, a reload), then compare.
+    let (status, _, _) = post_binary(&server, MODEL, b"{}".to_vec(), 2);
+    assert_eq!(status, 400);
+    server.signal("HUP");
+    let mut wanted = metric_names(&std::fs::read_to_string(root().join("deploy/prometheus/rules.yml")).unwrap());
+    wanted.extend(metric_names(
+        &std::fs::read_to_string(root().join("deploy/grafana/dashboards/cifar-serve.json")).unwrap(),
+    ));
+    assert!(wanted.len() >= 10, "{wanted:?}");
+    let missing = |v: &Value| -> Vec<String> {
+        let have: Vec<&str> = v.as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        // A histogram's name (in a description) stands for its `_bucket` series.
+        wanted
+            .iter()
+            .filter(|w| !have.contains(&w.as_str()) && !have.contains(&format!("{w}_bucket").as_str()))
+            .cloned()
+            .collect()
+    };
+    let names =
+        prometheus.wait_for("/api/v1/label/__name__/values", 30, "every metric of the rules and dashboard", |v| {
+            let m = missing(v);
+            if !m.is_empty() {
+                eprintln!("not yet in Prometheus: {m:?}");
+            }
+            m.is_empty()
+        });
+    eprintln!("rules and dashboard use {wanted:?}; Prometheus has {names}");
 }

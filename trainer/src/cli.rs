@@ -20,6 +20,8 @@ Typical workflow:
   trainer compile --run runs/<id> --precision int8 -o model.cifar
   trainer prune --run runs/<id> --keep 0.7 --run-dir runs/<id>-p70     # optional: fewer channels
   trainer classify model.cifar cat.png dog.jpg
+  trainer robustness --model model.cifar -o robustness/     # accuracy and drift under corruptions
+  trainer drift --model model.cifar --images incoming/      # has this traffic drifted?
 
 Tracking, sweeps and remote storage:
   trainer fit --config configs/cpu-quick.toml --tracking-uri http://127.0.0.1:5000   # into MLflow
@@ -61,6 +63,13 @@ enum Command {
     ExportOnnx(crate::model_cli::ExportOnnxArgs),
     /// Describe a compiled model: metadata, graph, tensors.
     Inspect(crate::model_cli::InspectArgs),
+    /// Measure a compiled model under CIFAR-10-C-style corruptions (noise, blur,
+    /// brightness, contrast, fog, pixelate, JPEG; 5 severities): accuracy and the drift
+    /// score cifar-serve would report, as a table, JSON and an HTML report; optional gates.
+    Robustness(crate::robustness::RobustnessArgs),
+    /// Compare a folder or archive of images with a compiled model's drift reference:
+    /// cifar-serve's drift statistics offline, a test per feature, and a verdict.
+    Drift(crate::drift_cli::DriftArgs),
     /// Check the device's convolutions (cuDNN on CUDA) against the CPU kernels: forward,
     /// input gradient and weight gradient on random data, at the airbench layer shapes.
     /// Fails if any relative error exceeds 1e-3 (f32).
@@ -308,6 +317,14 @@ pub fn main() -> Result<()> {
         }
         Command::Classify(args) => crate::model_cli::classify_command(args),
         Command::Inspect(args) => crate::model_cli::inspect_command(args),
+        Command::Robustness(args) => {
+            device::set_threads(0);
+            crate::robustness::robustness_command(args, cli.quiet)
+        }
+        Command::Drift(args) => {
+            device::set_threads(0);
+            crate::drift_cli::drift_command(args, cli.quiet)
+        }
         Command::ExportOnnx(args) => crate::model_cli::export_onnx_command(args),
         Command::GpuCheck(args) => {
             device::set_threads(0);

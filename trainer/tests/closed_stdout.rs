@@ -33,6 +33,13 @@ fn every_command_that_prints_ends_quietly_when_stdout_closes() {
         vec!["data".into(), "stats".into(), data.display().to_string()],
         vec!["data".into(), "verify".into(), data.display().to_string()],
         vec!["eval".into(), "--model".into(), model.display().to_string(), "--data".into(), data.display().to_string()],
+        vec![
+            "drift".into(),
+            "--model".into(),
+            model.display().to_string(),
+            "--images".into(),
+            fixture("images").display().to_string(),
+        ],
     ];
     for args in &cmds {
         let make = || {

@@ -176,6 +176,25 @@ fn decode(bytes: &[u8], out: &mut [u8]) -> Result<bool, image::ImageError> {
     Ok(resized)
 }
 
+/// Reads and decodes every image of a directory tree or archive, whatever its layout
+/// (`trainer drift`): their paths, sorted, and their 32x32 RGB pixels in that order.
+pub fn read_images(src: &Path, quiet: bool) -> Result<(Vec<String>, Vec<u8>)> {
+    let reading = if quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
+    reading.set_style(
+        ProgressStyle::with_template("{spinner} reading {pos} images ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    let (mut entries, _, _) = read_source(src, &reading)?;
+    reading.finish_and_clear();
+    entries.sort_by(|a, b| a.parts.cmp(&b.parts));
+    let names: Vec<String> = entries.iter().map(|e| e.parts.join("/")).collect();
+    let mut pixels = vec![0u8; entries.len() * IMAGE_BYTES];
+    pixels.par_chunks_mut(IMAGE_BYTES).zip(entries.par_iter().zip(names.par_iter())).try_for_each(
+        |(dst, (e, name))| decode(&e.bytes, dst).map(|_| ()).with_context(|| format!("{name}: cannot decode image")),
+    )?;
+    Ok((names, pixels))
+}
+
 /// Imports `src` (a directory, `.tar` or `.tar.gz`).
 pub fn import(src: &Path, quiet: bool) -> Result<Imported> {
     let reading = if quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };

@@ -1,11 +1,19 @@
 //! Input and output features for drift monitoring, and the reference profile stored in
 //! the model file. The compiler measures the reference on held-out data; a server
 //! computes the same features per request and compares the two distributions. Both sides
-//! use [`image_features`], so the numbers are comparable by construction.
+//! use [`image_features`], so the numbers are comparable by construction. The window
+//! statistics themselves (PSI, Jensen-Shannon, the alarm) live in [`window`], shared by
+//! `cifar-serve` and the trainer's offline `drift` and `robustness` commands.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+pub mod window;
+pub use window::{
+    histogram_mean, jensen_shannon, top1, DriftConfig, DriftStats, DriftWindow, FeatureDrift, Observation, Transition,
+    CLEAR_FRACTION,
+};
 
 /// Names of the per-image features, in the order of [`ImageFeatures::values`].
 pub const FEATURE_NAMES: [&str; 8] = ["mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "brightness", "blur"];
