@@ -39,7 +39,7 @@ pub enum Corruption {
     /// Haze: a smooth random field of strength 0.2..1.5 blended in and the result
     /// rescaled (a multi-octave value noise in place of the paper's plasma fractal).
     Fog,
-    /// Pixelated onto a grid of 95..65% of the side, each block repeating its centre
+    /// Pixelated onto a grid of 95..65% of the side, each block repeating its corner
     /// pixel (sample-and-hold). CIFAR-10-C box-filters down and up instead, which is
     /// mostly a blur: the drift monitor's blur statistic saturates on it at severity 1,
     /// so its drift score would not grow with the severity.
@@ -233,13 +233,13 @@ fn haze(rng: &mut ChaCha8Rng) -> Vec<f32> {
 
 fn pixelate(x: &[f32], scale: f32) -> Vec<f32> {
     let side = ((SIDE as f32 * scale) as usize).max(1);
-    // Sample-and-hold: every output pixel repeats the input pixel at the centre of its
-    // block of the smaller grid.
+    // Sample-and-hold: every output pixel repeats the input pixel at the corner of its
+    // block of the smaller grid (nearest neighbour down, then up).
     let mut out = vec![0f32; x.len()];
     for y in 0..SIDE {
         for xx in 0..SIDE {
-            let centre = |v: usize| ((v * side / SIDE) * SIDE + SIDE / 2) / side;
-            let (sy, sx) = (centre(y).min(SIDE - 1), centre(xx).min(SIDE - 1));
+            let corner = |v: usize| (v * side / SIDE) * SIDE / side;
+            let (sy, sx) = (corner(y).min(SIDE - 1), corner(xx).min(SIDE - 1));
             for c in 0..3 {
                 out[(y * SIDE + xx) * 3 + c] = x[(sy * SIDE + sx) * 3 + c];
             }
@@ -267,8 +267,10 @@ mod tests {
     use super::*;
     use crate::data::IMAGE_BYTES;
 
+    /// A real photo: the first validation image of the deer class.
     fn sample_image() -> Vec<u8> {
-        (0..IMAGE_BYTES).map(|i| ((i * 37 + (i / 96) * 11) % 200 + 20) as u8).collect()
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/images/20000-deer.png");
+        image::open(path).expect("fixture image").into_rgb8().into_raw()
     }
 
     /// Mean absolute change, in 0..255 units.
