@@ -41,6 +41,20 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
     e.iter().map(|v| v / s).collect()
 }
 
+/// How far `other`'s logits are from `reference`'s: over images (rows of `classes`
+/// logits), the worst `max |reference - other| / max |reference|`. The one measure the
+/// project uses to compare engines (trainer vs SDK, SDK vs ONNX Runtime, GPU vs CPU).
+pub fn max_relative_error(reference: &[f32], other: &[f32], classes: usize) -> f64 {
+    reference
+        .chunks_exact(classes.max(1))
+        .zip(other.chunks_exact(classes.max(1)))
+        .map(|(r, s)| {
+            let scale = r.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+            r.iter().zip(s).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+        })
+        .fold(0f32, f32::max) as f64
+}
+
 /// Indices of the `k` largest values, largest first (ties: the lower index first).
 pub fn top_k_indices(values: &[f32], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..values.len()).collect();

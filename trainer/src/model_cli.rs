@@ -12,7 +12,8 @@ use crate::config::Tta;
 use crate::data::Dataset;
 use crate::eval;
 
-#[derive(Clone, Copy, ValueEnum)]
+/// `--precision`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum PrecisionArg {
     F32,
     Int8,
@@ -106,7 +107,7 @@ pub fn export_onnx_command(args: ExportOnnxArgs) -> Result<()> {
     let x: Vec<f32> = (0..n * c * h * w).map(|i| ((i * 7919 % 1009) as f32 / 1009.0 - 0.5) * 4.0).collect();
     let sdk = model.session()?.logits_nchw(&x, n)?;
     let onnx = crate::onnx_export::candle_onnx_logits(&args.out, &x, n, [c, h, w])?;
-    let err = crate::compile::max_relative_error(&sdk, &onnx, model.classes());
+    let err = cifar_sdk::max_relative_error(&sdk, &onnx, model.classes());
     outln!("checked with candle-onnx on {n} inputs: max relative logit error {err:.2e} against the SDK")?;
     if err > 1e-4 {
         anyhow::bail!("the ONNX export disagrees with the SDK (max relative logit error {err:.2e} > 1e-4)");

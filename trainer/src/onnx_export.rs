@@ -150,7 +150,25 @@ impl<'a> Builder<'a> {
                 let s = self.node("Sigmoid", &[&z], vec![], &format!("{stem}.gelu"));
                 self.node("Mul", &[x, &s], vec![], &format!("{stem}.gelu"))
             }
+            Activation::Relu6 => self.clip(x, 0.0, 6.0, &format!("{stem}.relu6")),
+            Activation::Hardswish => {
+                // x * (clip(x + 3, 0, 6) * (1 / 6)), the SDK's operations in its order.
+                let three = self.init_f32("hardswish.three", &[], &[3.0]);
+                let sixth = self.init_f32("hardswish.sixth", &[], &[1.0 / 6.0]);
+                let shifted = self.node("Add", &[x, &three], vec![], &format!("{stem}.hardswish"));
+                let clipped = self.clip(&shifted, 0.0, 6.0, &format!("{stem}.hardswish"));
+                let gate = self.node("Mul", &[&clipped, &sixth], vec![], &format!("{stem}.hardswish"));
+                self.node("Mul", &[x, &gate], vec![], &format!("{stem}.hardswish"))
+            }
+            Activation::Sigmoid => self.node("Sigmoid", &[x], vec![], &format!("{stem}.sigmoid")),
         }
+    }
+
+    /// `Clip(x, lo, hi)` (opset 11+: the bounds are inputs).
+    fn clip(&mut self, x: &str, lo: f32, hi: f32, stem: &str) -> String {
+        let lo = self.init_f32(&format!("{stem}.min"), &[], &[lo]);
+        let hi = self.init_f32(&format!("{stem}.max"), &[], &[hi]);
+        self.node("Clip", &[x, &lo, &hi], vec![], stem)
     }
 
     /// The ONNX name of a .cifar value at the rank an op needs (2-D values are

@@ -44,12 +44,6 @@ struct Args {
     agreement: Option<std::path::PathBuf>,
 }
 
-/// Largest |a - b| over the largest |b|, across all images' logits.
-fn max_relative_error(a: &[f32], b: &[f32]) -> f32 {
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-}
-
 /// This model's logits on every image in `dir` against the CPU engine's:
 /// `(images, max relative error, top-1 agreement)`.
 fn agreement(
@@ -79,7 +73,7 @@ fn agreement(
         .zip(want.chunks(c))
         .filter(|(a, b)| cifar_sdk::top_k_indices(a, 1) == cifar_sdk::top_k_indices(b, 1))
         .count();
-    Ok((n, max_relative_error(&got, &want), same as f64 / n as f64))
+    Ok((n, cifar_sdk::max_relative_error(&want, &got, c) as f32, same as f64 / n as f64))
 }
 
 fn main() -> std::process::ExitCode {

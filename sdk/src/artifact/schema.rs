@@ -69,6 +69,24 @@ pub enum Activation {
     Relu,
     /// GELU, tanh form: `x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3))` (what the trainer uses).
     Gelu,
+    /// `min(max(x, 0), 6)` (ONNX `Clip(0, 6)`, MobileNetV2's activation).
+    Relu6,
+    /// `x * min(max(x + 3, 0), 6) / 6` (PyTorch's `hardswish`, ONNX `HardSwish`).
+    Hardswish,
+    /// `1 / (1 + e^-x)`.
+    Sigmoid,
+}
+
+impl Activation {
+    /// Every activation, in declaration order (for tests and `--help` texts).
+    pub const ALL: [Activation; 6] = [
+        Activation::None,
+        Activation::Relu,
+        Activation::Gelu,
+        Activation::Relu6,
+        Activation::Hardswish,
+        Activation::Sigmoid,
+    ];
 }
 
 /// Affine quantization of a u8 tensor: `real = scale * (q - zero_point)`.

@@ -144,6 +144,9 @@ pub(crate) fn activate(x: Tensor, act: Activation) -> candle_core::Result<Tensor
         Activation::Relu => x.relu(),
         // candle's `gelu` is the tanh form, the one the file format specifies.
         Activation::Gelu => x.gelu(),
+        Activation::Relu6 => x.clamp(0f32, 6f32),
+        Activation::Hardswish => x.mul(&((x.clone() + 3.0)?.clamp(0f32, 6f32)? * (1.0 / 6.0))?),
+        Activation::Sigmoid => (x.neg()?.exp()? + 1.0)?.recip(),
     }
 }
 

@@ -27,13 +27,18 @@ pub fn gelu(x: f32) -> f32 {
     x / (1.0 + fast_exp(-2.0 * u))
 }
 
-/// Applies an activation to one value.
+/// Applies an activation to one value. ReLU6 and hard-swish clamp as `max` then `min`,
+/// the order the x86 kernels use (and NaN becomes 0, where `clamp` would keep it).
 #[inline(always)]
+#[allow(clippy::manual_clamp)]
 pub fn activate(act: Activation, x: f32) -> f32 {
     match act {
         Activation::None => x,
         Activation::Relu => x.max(0.0),
         Activation::Gelu => gelu(x),
+        Activation::Relu6 => x.max(0.0).min(6.0),
+        Activation::Hardswish => x * ((x + 3.0).max(0.0).min(6.0) * (1.0 / 6.0)),
+        Activation::Sigmoid => 1.0 / (1.0 + fast_exp(-x)),
     }
 }
 
@@ -148,11 +153,14 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
         for _ in 0..1000 {
             let z: f32 = rng.gen_range(-12.0..12.0);
-            for act in [Activation::None, Activation::Relu, Activation::Gelu] {
+            for act in Activation::ALL {
                 let want = match act {
                     Activation::None => z,
                     Activation::Relu => z.max(0.0),
                     Activation::Gelu => 0.5 * z * (1.0 + (0.797_884_6f32 * (z + 0.044_715 * z * z * z)).tanh()),
+                    Activation::Relu6 => z.clamp(0.0, 6.0),
+                    Activation::Hardswish => z * (z + 3.0).clamp(0.0, 6.0) / 6.0,
+                    Activation::Sigmoid => 1.0 / (1.0 + (-z).exp()),
                 };
                 let got = activate(act, z);
                 assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{act:?}({z}): {got} vs {want}");

@@ -110,6 +110,25 @@ fn act_block(act: Activation, ys: &mut [__m256]) {
                 *y = _mm256_div_ps(*y, _mm256_add_ps(_mm256_set1_ps(1.0), e));
             }
         }
+        Activation::Relu6 => {
+            ys.iter_mut().for_each(|y| *y = _mm256_min_ps(_mm256_max_ps(*y, _mm256_setzero_ps()), _mm256_set1_ps(6.0)))
+        }
+        Activation::Hardswish => ys.iter_mut().for_each(|y| {
+            // x * (min(max(x + 3, 0), 6) * (1 / 6))
+            let t = _mm256_add_ps(*y, _mm256_set1_ps(3.0));
+            let t = _mm256_min_ps(_mm256_max_ps(t, _mm256_setzero_ps()), _mm256_set1_ps(6.0));
+            *y = _mm256_mul_ps(*y, _mm256_mul_ps(t, _mm256_set1_ps(1.0 / 6.0)));
+        }),
+        Activation::Sigmoid => {
+            // 1 / (1 + exp(-x)), the exponentials of the block first (independent chains).
+            let mut e = [_mm256_setzero_ps(); 2 * MR];
+            for (e, &x) in e.iter_mut().zip(ys.iter()) {
+                *e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+            }
+            for (y, e) in ys.iter_mut().zip(e) {
+                *y = _mm256_div_ps(_mm256_set1_ps(1.0), _mm256_add_ps(_mm256_set1_ps(1.0), e));
+            }
+        }
     }
 }
 
