@@ -72,7 +72,7 @@ def main():
     p.add_argument("--seconds", type=float, default=0.7, help="timed seconds per run and round")
     args = p.parse_args()
     print(f"onnxruntime {ort.__version__}, numpy {np.__version__}, python {sys.version.split()[0]}")
-    header = (f"{'model':<8} {'thr':>3} {'batch':>5} | {'SDK f32':>9} {'SDK int8':>9} | {'ORT f32':>9} "
+    header = (f"{'model':<11} {'thr':>3} {'batch':>5} | {'SDK f32':>9} {'SDK int8':>9} | {'ORT f32':>9} "
               f"{'ORT int8':>9} | ms per batch, medians of {args.rounds} interleaved rounds")
     print(header)
     print("-" * len(header))
@@ -96,7 +96,7 @@ def main():
                                 t[f"ort_{prec}"].append(orts[prec].median(batch, args.seconds, warm))
                 m = {k: statistics.median(v) for k, v in t.items()}
                 results[(name, threads, batch)] = m
-                print(f"{name:<8} {threads:>3} {batch:>5} | {m['sdk_f32'] * 1e3:>9.3f} {m['sdk_int8'] * 1e3:>9.3f} | "
+                print(f"{name:<11} {threads:>3} {batch:>5} | {m['sdk_f32'] * 1e3:>9.3f} {m['sdk_int8'] * 1e3:>9.3f} | "
                       f"{m['ort_f32'] * 1e3:>9.3f} {m['ort_int8'] * 1e3:>9.3f}", flush=True)
     print(f"\nSDK kernels: {kernels}. Targets (time ratios; ORT best = the faster of its f32 and int8):")
     rows = []

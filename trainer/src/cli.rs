@@ -20,6 +20,7 @@ Typical workflow:
   trainer compile --run runs/<id> --precision int8 -o model.cifar
   trainer prune --run runs/<id> --keep 0.7 --run-dir runs/<id>-p70     # optional: fewer channels
   trainer classify model.cifar cat.png dog.jpg
+  trainer import-onnx resnet.onnx --data data/cifar10 -o resnet.cifar   # a PyTorch model, to int8
   trainer robustness --model model.cifar -o robustness/     # accuracy and drift under corruptions
   trainer drift --model model.cifar --images incoming/      # has this traffic drifted?
 
@@ -61,6 +62,10 @@ enum Command {
     /// Write a compiled model as ONNX (opset 13; int8 as QuantizeLinear/DequantizeLinear)
     /// for other runtimes; f32 exports are checked against the SDK through candle-onnx.
     ExportOnnx(crate::model_cli::ExportOnnxArgs),
+    /// Import a CNN exported to ONNX (PyTorch, timm, torchvision ...): lowered to the
+    /// SDK's ops with batch norm folded, calibrated to int8 on a dataset, its accuracy
+    /// and drift reference recorded; one `.cifar` file, like `compile` makes.
+    ImportOnnx(crate::onnx_import::ImportOnnxArgs),
     /// Describe a compiled model: metadata, graph, tensors.
     Inspect(crate::model_cli::InspectArgs),
     /// Measure a compiled model under CIFAR-10-C-style corruptions (noise, blur,
@@ -326,6 +331,10 @@ pub fn main() -> Result<()> {
             crate::drift_cli::drift_command(args, cli.quiet)
         }
         Command::ExportOnnx(args) => crate::model_cli::export_onnx_command(args),
+        Command::ImportOnnx(args) => {
+            device::set_threads(0);
+            crate::onnx_import::import_command(args).map(|_| ())
+        }
         Command::GpuCheck(args) => {
             device::set_threads(0);
             crate::device::gpu_check(args)

@@ -29,6 +29,7 @@ mod eval;
 mod model;
 mod model_cli;
 mod onnx_export;
+mod onnx_import;
 mod ops;
 mod optim;
 mod plot;

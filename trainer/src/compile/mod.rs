@@ -43,6 +43,7 @@ pub struct CompileReport {
     pub f32_accuracy: f64,
     pub int8_minmax_accuracy: Option<f64>,
     pub int8_percentile_accuracy: Option<f64>,
+    pub int8_mse_accuracy: Option<f64>,
     pub compiled_accuracy: f64,
     pub calibration: String,
     /// Max over the checked images of max |sdk - trainer| / max |trainer logit|.
@@ -63,7 +64,7 @@ pub(crate) fn sdk_options() -> ModelOptions {
     ModelOptions { device: cifar_sdk::DevicePolicy::Cpu, threads: 0, max_batch: 64 }
 }
 
-fn accuracy(logits: &[f32], classes: usize, split: &Split, indices: &[u32]) -> f64 {
+pub(crate) fn accuracy(logits: &[f32], classes: usize, split: &Split, indices: &[u32]) -> f64 {
     let correct = logits
         .chunks_exact(classes)
         .zip(indices)
@@ -115,7 +116,11 @@ fn metadata(float: &fold::FloatModel, data: &train::RunData) -> ModelMetadata {
 
 /// `n` training images spread over the training split, for int8 calibration.
 fn calibration_images(data: &train::RunData, n: usize) -> Vec<u32> {
-    let train = &data.train_idx;
+    spread(&data.train_idx, n)
+}
+
+/// `n` of `train` (indices), evenly spread.
+pub(crate) fn spread(train: &[u32], n: usize) -> Vec<u32> {
     let n = n.clamp(1, train.len().max(1));
     let step = (train.len() / n).max(1);
     train.iter().step_by(step).take(n).copied().collect()
@@ -136,6 +141,82 @@ pub fn int8_in_memory(
     let iq = quant::input_quant(&meta.preprocessing.normalization);
     let w = quant::int8_writer(&float, iq, &quant::activation_quant(&cal, quant::Method::MinMax), meta)?;
     Ok(Model::from_bytes(&w.to_bytes()?, &sdk_options())?)
+}
+
+/// The better of the two int8 calibrations of a float graph, on validation accuracy.
+pub struct Int8Choice {
+    pub writer: cifar_sdk::artifact::ArtifactWriter,
+    /// The int8 file's logits on the validation images.
+    pub logits: Vec<f32>,
+    pub accuracy: f64,
+    /// How often its top-1 is the f32 file's.
+    pub agreement: f64,
+    pub method: quant::Method,
+    pub minmax_accuracy: f64,
+    pub percentile_accuracy: f64,
+    pub mse_accuracy: f64,
+}
+
+/// Calibrates `float` on `calib` images of `split` through its f32 file `f32_model`,
+/// quantizes it with min/max, percentile and least-squared-error ranges, and keeps the
+/// one whose top-1 agrees with the f32 file's (`f32_logits` on `val`) most often, then
+/// the more accurate (`trainer compile` and `trainer import-onnx`): the int8 file should
+/// be the f32 model, not a lucky variation of it.
+pub fn best_int8(
+    float: &fold::FloatModel,
+    meta: &ModelMetadata,
+    f32_model: &std::sync::Arc<Model>,
+    f32_logits: &[f32],
+    split: &crate::data::Split,
+    calib: &[u32],
+    val: &[u32],
+) -> Result<Int8Choice> {
+    let cal = quant::calibrate(f32_model, split, calib)?;
+    let iq = quant::input_quant(&meta.preprocessing.normalization);
+    let classes = f32_model.classes();
+    let mut best: Option<Int8Choice> = None;
+    let mut accuracies = [0.0; 3];
+    for (k, method) in [quant::Method::MinMax, quant::Method::Percentile, quant::Method::Mse].into_iter().enumerate() {
+        let w = quant::int8_writer(float, iq, &quant::activation_quant(&cal, method), meta.clone())?;
+        let m = Model::from_bytes(&w.to_bytes()?, &sdk_options())?;
+        let logits = eval::sdk_logits(&m, split, val, Tta::None)?;
+        let acc = accuracy(&logits, classes, split, val);
+        let agree = top1_agreement(f32_logits, &logits, classes);
+        errln!(
+            "int8 ({}): validation accuracy {:.2}%, top-1 as f32 on {:.2}%",
+            method.name(),
+            100.0 * acc,
+            100.0 * agree
+        );
+        accuracies[k] = acc;
+        if best.as_ref().is_none_or(|b| (agree, acc) > (b.agreement, b.accuracy)) {
+            best = Some(Int8Choice {
+                writer: w,
+                logits,
+                accuracy: acc,
+                agreement: agree,
+                method,
+                minmax_accuracy: 0.0,
+                percentile_accuracy: 0.0,
+                mse_accuracy: 0.0,
+            });
+        }
+    }
+    let mut best = best.context("no calibration method ran")?;
+    [best.minmax_accuracy, best.percentile_accuracy, best.mse_accuracy] = accuracies;
+    Ok(best)
+}
+
+/// The fraction of images (rows of `classes` logits) whose top-1 class is the same.
+pub fn top1_agreement(a: &[f32], b: &[f32], classes: usize) -> f64 {
+    let c = classes.max(1);
+    let rows = a.len() / c;
+    let same = a
+        .chunks_exact(c)
+        .zip(b.chunks_exact(c))
+        .filter(|(x, y)| cifar_sdk::top_k_indices(x, 1) == cifar_sdk::top_k_indices(y, 1))
+        .count();
+    same as f64 / rows.max(1) as f64
 }
 
 /// Compiles a run; returns the report (also printed and saved in the run directory).
@@ -174,7 +255,7 @@ pub fn compile(opts: &CompileOptions) -> Result<CompileReport> {
     let (reference, classes) = eval::predict(net.as_ref(), split, val, Tta::None, cfg.eval.batch_size, &dev)?;
     let f32_logits = eval::sdk_logits(&f32_model, split, val, Tta::None)?;
     let checked = opts.check_images.min(val.len());
-    let max_rel = max_relative_error(
+    let max_rel = cifar_sdk::max_relative_error(
         &reference[..(checked * classes).min(reference.len())],
         &f32_logits[..(checked * classes).min(f32_logits.len())],
         classes,
@@ -195,6 +276,7 @@ pub fn compile(opts: &CompileOptions) -> Result<CompileReport> {
         f32_accuracy,
         int8_minmax_accuracy: None,
         int8_percentile_accuracy: None,
+        int8_mse_accuracy: None,
         compiled_accuracy: f32_accuracy,
         calibration: String::new(),
         f32_max_relative_error: max_rel,
@@ -209,29 +291,15 @@ pub fn compile(opts: &CompileOptions) -> Result<CompileReport> {
         Precision::Int8 => {
             let calib = calibration_images(&data, opts.calibration);
             errln!("calibrating on {} training images", calib.len());
-            let cal = quant::calibrate(&f32_model, split, &calib)?;
-            let iq = quant::input_quant(&meta.preprocessing.normalization);
-            let mut best: Option<(f64, quant::Method, cifar_sdk::artifact::ArtifactWriter, Vec<f32>)> = None;
-            for method in [quant::Method::MinMax, quant::Method::Percentile] {
-                let w = quant::int8_writer(&float, iq, &quant::activation_quant(&cal, method), meta.clone())?;
-                let m = Model::from_bytes(&w.to_bytes()?, &sdk_options())?;
-                let logits = eval::sdk_logits(&m, split, val, Tta::None)?;
-                let acc = accuracy(&logits, classes, split, val);
-                errln!("int8 ({}): validation accuracy {:.2}%", method.name(), 100.0 * acc);
-                match method {
-                    quant::Method::MinMax => report.int8_minmax_accuracy = Some(acc),
-                    quant::Method::Percentile => report.int8_percentile_accuracy = Some(acc),
-                }
-                if best.as_ref().is_none_or(|b| acc > b.0) {
-                    best = Some((acc, method, w, logits));
-                }
-            }
-            let (acc, method, w, logits) = best.context("no calibration method ran")?;
-            report.compiled_accuracy = acc;
-            report.calibration = method.name().into();
-            meta.quality.calibration = method.name().into();
+            let best = best_int8(&float, &meta, &f32_model, &f32_logits, split, &calib, val)?;
+            report.int8_minmax_accuracy = Some(best.minmax_accuracy);
+            report.int8_percentile_accuracy = Some(best.percentile_accuracy);
+            report.int8_mse_accuracy = Some(best.mse_accuracy);
+            report.compiled_accuracy = best.accuracy;
+            report.calibration = best.method.name().into();
+            meta.quality.calibration = best.method.name().into();
             meta.quality.calibration_images = calib.len();
-            (w, logits)
+            (best.writer, best.logits)
         }
     };
     let cost = cifar_sdk::artifact::graph_cost(&float.graph)?;
@@ -277,19 +345,10 @@ fn print_report(r: &CompileReport) -> std::io::Result<()> {
     if let Some(a) = r.int8_percentile_accuracy {
         outln!("{:<38} {}", "int8 accuracy, percentile calibration", pct(a))?;
     }
+    if let Some(a) = r.int8_mse_accuracy {
+        outln!("{:<38} {}", "int8 accuracy, least-squares calibration", pct(a))?;
+    }
     outln!("{:<38} {} {}", "compiled file accuracy", pct(r.compiled_accuracy), r.calibration)?;
     outln!("{:<38} {:.2} M MACs, {} parameters", "cost per image", r.macs as f64 / 1e6, r.parameters)?;
     outln!("{:<38} {}", "checksum", r.checksum)
-}
-
-/// The worst image's `max |a - b| / max |a|` over rows of `classes` logits (`a` is the
-/// reference).
-pub fn max_relative_error(a: &[f32], b: &[f32], classes: usize) -> f64 {
-    a.chunks_exact(classes.max(1))
-        .zip(b.chunks_exact(classes.max(1)))
-        .map(|(r, s)| {
-            let scale = r.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-            r.iter().zip(s).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-        })
-        .fold(0f32, f32::max) as f64
 }
