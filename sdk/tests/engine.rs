@@ -223,3 +223,53 @@ fn odd_channel_groups_match_the_reference() {
     let err = max_rel(&int8.session().unwrap().logits_nchw(&imgs, 7).unwrap(), &want);
     assert!(err < 0.1, "int8 vs f32 reference: {err}");
 }
+
+/// Depthwise convolutions (their own CPU op): 3x3 at stride 1 and 2, 5x5, and a 1x1
+/// per-channel affine map, on channel counts that are not multiples of the op's chunk,
+/// with the activations an ONNX import brings; f32 against the reference, int8 against
+/// the fake-quantized reference.
+#[test]
+fn depthwise_convolutions_match_the_reference() {
+    use cifar_sdk::artifact::*;
+    let conv = |out, k: usize, s: usize, groups, act| {
+        Op::Conv2d(Conv2d { out_channels: out, kernel: [k; 2], stride: [s; 2], padding: [k / 2; 2], groups, act })
+    };
+    let node = |name: &str, input: &str, op| Node { name: name.into(), inputs: vec![input.into()], op, quant: None };
+    let mut g = zoo_graph();
+    g.nodes = vec![
+        node("pw", "input", conv(70, 1, 1, 1, Activation::Relu6)),
+        node("dw1", "pw", conv(70, 3, 1, 70, Activation::Relu6)),
+        node("dw2", "dw1", conv(70, 3, 2, 70, Activation::Hardswish)),
+        node("dw3", "dw2", conv(70, 5, 1, 70, Activation::None)),
+        node("aff", "dw3", conv(70, 1, 1, 70, Activation::Sigmoid)),
+        node("gp", "aff", Op::GlobalAvgPool(GlobalAvgPool { act: Activation::None })),
+        node("head", "gp", Op::Linear(Linear { out_features: CLASSES, act: Activation::None })),
+    ];
+    let w = random_weights(&g, 61);
+    let n = 5;
+    let imgs = random_images(n, 62);
+    let want: Vec<f32> = imgs.chunks(3072).flat_map(|im| reference(&g, &w, im, &mut |_, _| {})).collect();
+    for threads in [1, 2] {
+        let f32_model = Model::from_bytes(&f32_writer(&g, &w).to_bytes().unwrap(), &opts(threads, 4)).unwrap();
+        let err = max_rel(&f32_model.session().unwrap().logits_nchw(&imgs, n).unwrap(), &want);
+        assert!(err < 1e-5, "f32, {threads} threads: {err}");
+    }
+    let model = Model::from_bytes(&int8_writer(&g, &w, &imgs, n).to_bytes().unwrap(), &opts(2, 4)).unwrap();
+    let got = model.session().unwrap().logits_nchw(&imgs, n).unwrap();
+    let g8 = &model.metadata().graph;
+    let wq = dequantized_weights(model.artifact(), &w);
+    let iq = g8.input_quant.unwrap();
+    let fake: Vec<f32> = imgs
+        .chunks(3072)
+        .flat_map(|im| {
+            let im: Vec<f32> = im.iter().map(|&v| iq.dequantize(iq.quantize(v))).collect();
+            reference(&g, &wq, &im, &mut |i, v| {
+                if let Some(q) = g8.nodes[i].quant {
+                    v.iter_mut().for_each(|x| *x = q.dequantize(q.quantize(*x)));
+                }
+            })
+        })
+        .collect();
+    let err = max_rel(&got, &fake);
+    assert!(err < 0.02, "int8 vs fake-quantized reference: {err}");
+}

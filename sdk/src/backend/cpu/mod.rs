@@ -10,6 +10,7 @@
 //! weights).
 
 pub(crate) mod conv;
+pub(crate) mod depthwise;
 pub(crate) mod exec;
 pub(crate) mod plan;
 pub(crate) mod runner;
