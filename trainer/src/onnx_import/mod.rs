@@ -143,10 +143,11 @@ pub fn import_command(args: ImportOnnxArgs) -> Result<ImportReport> {
     let labels = args.labels.clone().unwrap_or_else(|| ds.manifest.classes.clone());
     ensure!(
         labels.len() == lowered.classes,
-        "the model has {} outputs but {} labels were given ({}); pass --labels",
+        "the model has {} outputs but {} {}: pass {} names to --labels, in output order",
         lowered.classes,
         labels.len(),
-        if args.labels.is_some() { "--labels" } else { "the dataset's classes" }
+        if args.labels.is_some() { "labels were given" } else { "the dataset has that many classes" },
+        lowered.classes
     );
     let split = &ds.train;
     let val = &ds.val_indices;
