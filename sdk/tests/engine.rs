@@ -22,6 +22,25 @@ fn max_rel(a: &[f32], b: &[f32]) -> f32 {
         .fold(0f32, f32::max)
 }
 
+/// The int8 `model`'s fake quantization: the f32 reference of graph `g` with the input
+/// and each node's output rounded to their codes and the weights `w` replaced by their
+/// int8 values.
+fn fake_quantized(model: &Model, g: &cifar_sdk::artifact::Graph, w: &Weights, imgs: &[f32]) -> Vec<f32> {
+    let g8 = &model.metadata().graph;
+    let wq = dequantized_weights(model.artifact(), w);
+    let iq = g8.input_quant.unwrap();
+    imgs.chunks(3072)
+        .flat_map(|im| {
+            let im: Vec<f32> = im.iter().map(|&v| iq.dequantize(iq.quantize(v))).collect();
+            reference(g, &wq, &im, &mut |i, v| {
+                if let Some(q) = g8.nodes[i].quant {
+                    v.iter_mut().for_each(|x| *x = q.dequantize(q.quantize(*x)));
+                }
+            })
+        })
+        .collect()
+}
+
 #[test]
 fn f32_engine_matches_the_reference_for_any_batch_and_thread_count() {
     let g = zoo_graph();
@@ -48,22 +67,7 @@ fn int8_engine_tracks_f32_and_the_fake_quantized_reference() {
     assert_eq!(model.precision(), cifar_sdk::Precision::Int8);
     let imgs = random_images(20, 5);
     let got = model.session().unwrap().logits_nchw(&imgs, 20).unwrap();
-    // Fake quantization: the f32 reference with each node's output rounded to its codes
-    // and the weights replaced by their int8 values.
-    let g8 = &model.metadata().graph;
-    let wq = dequantized_weights(model.artifact(), &w);
-    let iq = g8.input_quant.unwrap();
-    let fake: Vec<f32> = imgs
-        .chunks(3072)
-        .flat_map(|im| {
-            let im: Vec<f32> = im.iter().map(|&v| iq.dequantize(iq.quantize(v))).collect();
-            reference(&g, &wq, &im, &mut |i, v| {
-                if let Some(q) = g8.nodes[i].quant {
-                    v.iter_mut().for_each(|x| *x = q.dequantize(q.quantize(*x)));
-                }
-            })
-        })
-        .collect();
+    let fake = fake_quantized(&model, &g, &w, &imgs);
     let err = max_rel(&got, &fake);
     assert!(err < 0.02, "int8 vs fake-quantized reference: {err}");
     let exact: Vec<f32> = imgs.chunks(3072).flat_map(|im| reference(&g, &w, im, &mut |_, _| {})).collect();
@@ -256,20 +260,7 @@ fn depthwise_convolutions_match_the_reference() {
     }
     let model = Model::from_bytes(&int8_writer(&g, &w, &imgs, n).to_bytes().unwrap(), &opts(2, 4)).unwrap();
     let got = model.session().unwrap().logits_nchw(&imgs, n).unwrap();
-    let g8 = &model.metadata().graph;
-    let wq = dequantized_weights(model.artifact(), &w);
-    let iq = g8.input_quant.unwrap();
-    let fake: Vec<f32> = imgs
-        .chunks(3072)
-        .flat_map(|im| {
-            let im: Vec<f32> = im.iter().map(|&v| iq.dequantize(iq.quantize(v))).collect();
-            reference(&g, &wq, &im, &mut |i, v| {
-                if let Some(q) = g8.nodes[i].quant {
-                    v.iter_mut().for_each(|x| *x = q.dequantize(q.quantize(*x)));
-                }
-            })
-        })
-        .collect();
+    let fake = fake_quantized(&model, &g, &w, &imgs);
     let err = max_rel(&got, &fake);
     assert!(err < 0.02, "int8 vs fake-quantized reference: {err}");
 }

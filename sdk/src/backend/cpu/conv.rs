@@ -21,6 +21,84 @@ pub(crate) struct Window {
     pub out_hw: [usize; 2],
 }
 
+/// Where a convolution's windows read and its results go, for one image.
+#[derive(Debug)]
+pub(crate) struct WindowPlan {
+    /// Per output pixel: element offset of its window's first input value.
+    pub in_pix: Vec<usize>,
+    /// Per output pixel: element offset of its channel 0.
+    pub out_pix: Vec<usize>,
+    /// Per window position: element offset from the window's first value.
+    pub offsets: Vec<usize>,
+}
+
+impl WindowPlan {
+    /// The plan of a `kernel` window over `input` (whose border must cover the padding)
+    /// writing `output`; an error names what does not fit.
+    pub fn new(
+        input: &ValueLayout,
+        output: &ValueLayout,
+        kernel: [usize; 2],
+        win: &Window,
+    ) -> std::result::Result<Self, String> {
+        let [oh, ow] = win.out_hw;
+        let [kh, kw] = kernel;
+        let (bd, irow) = (input.border, input.w + 2 * input.border);
+        if win.padding[0] > bd || win.padding[1] > bd {
+            return Err(format!("padding {:?} exceeds the input border {bd}", win.padding));
+        }
+        if output.h * output.w != oh * ow {
+            return Err(format!("an output of {}x{} for {oh}x{ow} windows", output.h, output.w));
+        }
+        let mut in_pix = Vec::with_capacity(oh * ow);
+        let mut out_pix = Vec::with_capacity(oh * ow);
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let y = oy * win.stride[0] + bd - win.padding[0];
+                let x = ox * win.stride[1] + bd - win.padding[1];
+                in_pix.push((y * irow + x) * input.cs);
+                out_pix.push(output.at(oy, ox));
+            }
+        }
+        let offsets = (0..kh).flat_map(|ky| (0..kw).map(move |kx| (ky * irow + kx) * input.cs)).collect();
+        Ok(Self { in_pix, out_pix, offsets })
+    }
+
+    /// One past the farthest element a window reads, `read` channels from its start.
+    pub fn far_in(&self, read: usize) -> usize {
+        self.in_pix.iter().max().copied().unwrap_or(0) + self.offsets.last().copied().unwrap_or(0) + read
+    }
+
+    /// One past the farthest element written, `channels` from a pixel's start.
+    pub fn far_out(&self, channels: usize) -> usize {
+        self.out_pix.iter().max().copied().unwrap_or(0) + channels
+    }
+}
+
+/// An int8 layer's per-output-channel requantization: the real output is `mult *
+/// sum(code * weight code) + offset` (the input zero point folded into `offset` through
+/// the weight row sums); `out` is the output encoding (`None`: f32 logits).
+pub(crate) fn requantization(b: &CpuBuild<'_>, bias: &[f32], scale: &[f32], sum: &[i32]) -> Result<Requant> {
+    let qi = b.input_quant(0)?;
+    let mult: Vec<f32> = scale.iter().map(|s| s * qi.scale).collect();
+    let offset = bias
+        .iter()
+        .zip(sum)
+        .zip(&mult)
+        .map(|((bias, &s), m)| bias - m * (f32::from(qi.zero_point) * s as f32))
+        .collect();
+    Ok(Requant { mult, offset, out: b.out_quant.map(|q| (1.0 / q.scale, f32::from(q.zero_point))) })
+}
+
+/// A per-output-channel epilogue `mult * sum + offset`, stored as f32 or, where `out` is
+/// `Some((1 / scale, zero point))`, as u8 codes.
+#[derive(Debug)]
+pub(crate) struct Requant {
+    pub mult: Vec<f32>,
+    pub offset: Vec<f32>,
+    pub out: Option<(f32, f32)>,
+}
+
 #[derive(Debug)]
 enum Epilogue {
     /// f32: per (group, panel) biases.
@@ -37,10 +115,8 @@ pub(crate) struct Conv {
     act: Activation,
     input: ValueLayout,
     output: ValueLayout,
-    /// Per output pixel of an image: element offset of its window's first input value.
-    in_pix: Vec<usize>,
-    /// Per output pixel of an image: element offset of its channel 0.
-    out_pix: Vec<usize>,
+    /// Where each output pixel's window starts and its result goes.
+    plan: WindowPlan,
     /// Element offset of each reduction step from a window's first value: per window
     /// position, its channels (f32) or quads of channels (int8).
     koffs: Vec<usize>,
@@ -73,36 +149,20 @@ impl Conv {
         let layer = StoredLayer::read(b.artifact, &name, shape)?;
         let t = b.artifact.tensors.get(&names::weight(&name)).ok_or_else(|| bad("no weight".into()))?;
         let weight = t.offset..t.offset + t.len;
-        let [oh, ow] = win.out_hw;
-        let [kh, kw] = shape.kernel;
-        let (bd, irow) = (input.border, input.w + 2 * input.border);
-        if win.padding[0] > bd || win.padding[1] > bd {
-            return Err(bad(format!("padding {:?} exceeds the input border {bd}", win.padding)));
-        }
-        let mut in_pix = Vec::with_capacity(oh * ow);
-        let mut out_pix = Vec::with_capacity(oh * ow);
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let y = oy * win.stride[0] + bd - win.padding[0];
-                let x = ox * win.stride[1] + bd - win.padding[1];
-                in_pix.push((y * irow + x) * input.cs);
-                out_pix.push(output.at(oy, ox));
-            }
-        }
-        let offsets: Vec<usize> = (0..kh).flat_map(|ky| (0..kw).map(move |kx| (ky * irow + kx) * input.cs)).collect();
+        let plan = WindowPlan::new(&input, &output, shape.kernel, &win).map_err(bad)?;
         let int8 = input.elem == Elem::U8;
         let cg = shape.cin_g();
         let (steps, width) = if int8 { (shape.quads(), QUAD) } else { (cg, 1) };
-        let koffs: Vec<usize> = offsets.iter().flat_map(|&o| (0..steps).map(move |j| o + j * width)).collect();
+        let koffs: Vec<usize> = plan.offsets.iter().flat_map(|&o| (0..steps).map(move |j| o + j * width)).collect();
         // Every address a tile touches, checked once: the farthest window read and the
         // farthest result written stay inside one image.
         let read = if int8 { shape.int8_channels_read() } else { shape.groups * cg };
-        let far_in = in_pix.iter().max().copied().unwrap_or(0) + offsets.last().copied().unwrap_or(0) + read;
+        let far_in = plan.far_in(read);
         if far_in > input.image_len() {
             return Err(bad(format!("window reads {far_in} of {} elements", input.image_len())));
         }
-        let far_out = out_pix.iter().max().copied().unwrap_or(0) + shape.out;
-        if far_out > output.image_len() || output.h * output.w != oh * ow {
+        let far_out = plan.far_out(shape.out);
+        if far_out > output.image_len() {
             return Err(bad(format!("writes {far_out} of {} elements", output.image_len())));
         }
         let panel_len = if int8 { shape.i8_panel_len() } else { shape.f32_panel_len() };
@@ -113,44 +173,22 @@ impl Conv {
         let epilogue = match layer.quant {
             None => Epilogue::F32 { bias: per_panel(&shape, layer.bias) },
             Some((scale, sum)) => {
-                let qi = b.input_quant(0)?;
-                let mult: Vec<f32> = scale.iter().map(|s| s * qi.scale).collect();
-                let offset: Vec<f32> = layer
-                    .bias
-                    .iter()
-                    .zip(sum)
-                    .zip(&mult)
-                    .map(|((bias, &s), m)| bias - m * (f32::from(qi.zero_point) * s as f32))
-                    .collect();
-                let out = b.out_quant.map(|q| (1.0 / q.scale, f32::from(q.zero_point)));
-                Epilogue::U8 { mult: per_panel(&shape, &mult), offset: per_panel(&shape, &offset), out }
+                let r = requantization(b, layer.bias, scale, sum)?;
+                Epilogue::U8 { mult: per_panel(&shape, &r.mult), offset: per_panel(&shape, &r.offset), out: r.out }
             }
         };
-        Ok(Self {
-            name,
-            shape,
-            act,
-            input,
-            output,
-            in_pix,
-            out_pix,
-            koffs,
-            weight,
-            panel_len,
-            epilogue,
-            kernels: b.kernels,
-        })
+        Ok(Self { name, shape, act, input, output, plan, koffs, weight, panel_len, epilogue, kernels: b.kernels })
     }
 
     fn tiles(&self, images: usize) -> usize {
-        (images * self.in_pix.len()).div_ceil(MR)
+        (images * self.plan.in_pix.len()).div_ceil(MR)
     }
 
     /// Image-relative input and output offsets of a tile's pixels and how many are
     /// valid (the rest repeat the last valid pixel), from the tile's first pixel as
     /// `(image, pixel)`: the pixels run on across images, with no division per pixel.
     fn tile_pixels(&self, first: (usize, usize), images: usize) -> ([usize; MR], [usize; MR], usize) {
-        let plane = self.in_pix.len();
+        let plane = self.plan.in_pix.len();
         let (mut n, mut p) = first;
         let (mut ins, mut outs) = ([0usize; MR], [0usize; MR]);
         let mut valid = 0;
@@ -158,8 +196,8 @@ impl Conv {
         for (i, o) in ins.iter_mut().zip(outs.iter_mut()) {
             if n < images {
                 valid += 1;
-                last_in = n * self.input.image_len() + self.in_pix.get(p).copied().unwrap_or(0);
-                last_out = n * self.output.image_len() + self.out_pix.get(p).copied().unwrap_or(0);
+                last_in = n * self.input.image_len() + self.plan.in_pix.get(p).copied().unwrap_or(0);
+                last_out = n * self.output.image_len() + self.plan.out_pix.get(p).copied().unwrap_or(0);
                 p += 1;
                 if p == plane {
                     (n, p) = (n + 1, 0);
@@ -202,7 +240,7 @@ impl CpuOp for Conv {
             return Err(Error::Internal(format!("{}: units {units:?} of {}", self.name, self.units(io.images))));
         }
         let tiles = self.tiles(io.images).max(1);
-        let (panels, plane) = (self.shape.panels().max(1), self.in_pix.len().max(1));
+        let (panels, plane) = (self.shape.panels().max(1), self.plan.in_pix.len().max(1));
         let (cg, og) = (self.shape.cin_g(), self.shape.out_g());
         let (out_ptr, _) = io.output_ptr();
         let no_panel = || Error::Internal(format!("{}: a weight panel outside the layer", self.name));

@@ -12,7 +12,7 @@
 
 use std::ops::Range;
 
-use super::conv::Window;
+use super::conv::{requantization, Requant, Window, WindowPlan};
 use super::{CpuBuild, CpuOp, Elem, Io, ValueLayout};
 use crate::artifact::layers::{LayerShape, StoredLayer};
 use crate::artifact::Activation;
@@ -21,16 +21,6 @@ use crate::{Error, Result};
 
 /// Channels accumulated at once (a stack buffer: runs never allocate).
 const CHUNK: usize = 64;
-
-/// The per-channel epilogue `act(mult * acc + offset)` (f32 layers: `mult` is 1 and
-/// `offset` the bias), stored as f32 or, where `out` is `Some((1 / scale, zero point))`,
-/// as u8 codes.
-#[derive(Debug)]
-struct Epilogue {
-    mult: Vec<f32>,
-    offset: Vec<f32>,
-    out: Option<(f32, f32)>,
-}
 
 /// One output row of a unit, as the op writes it.
 enum RowOut<'a> {
@@ -51,15 +41,13 @@ pub(crate) struct Depthwise {
     act: Activation,
     input: ValueLayout,
     output: ValueLayout,
-    /// Per output pixel of an image: element offset of its window's first input value.
-    in_pix: Vec<usize>,
-    /// Per output pixel of an image: element offset of its channel 0.
-    out_pix: Vec<usize>,
-    /// Per window position: element offset from the window's first value.
-    koffs: Vec<usize>,
+    /// Where each output pixel's window starts, its positions, where its result goes.
+    plan: WindowPlan,
     /// `[position][channel]`: f32 weights, or int8 codes.
     weights: Vec<f32>,
-    epilogue: Epilogue,
+    /// `act(mult * acc + offset)` per channel (f32 layers: `mult` is 1 and `offset` the
+    /// bias).
+    epilogue: Requant,
     /// AVX2 and FMA are available (the kernel table is not the portable one).
     wide: bool,
 }
@@ -74,29 +62,13 @@ impl Depthwise {
         }
         let (input, output) = (b.input(0)?, b.output);
         let c = shape.out;
-        let [oh, ow] = win.out_hw;
-        let [kh, kw] = shape.kernel;
-        let (bd, irow) = (input.border, input.w + 2 * input.border);
-        if win.padding[0] > bd || win.padding[1] > bd {
-            return Err(bad(format!("padding {:?} exceeds the input border {bd}", win.padding)));
-        }
-        let mut in_pix = Vec::with_capacity(oh * ow);
-        let mut out_pix = Vec::with_capacity(oh * ow);
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let y = oy * win.stride[0] + bd - win.padding[0];
-                let x = ox * win.stride[1] + bd - win.padding[1];
-                in_pix.push((y * irow + x) * input.cs);
-                out_pix.push(output.at(oy, ox));
-            }
-        }
-        let koffs: Vec<usize> = (0..kh).flat_map(|ky| (0..kw).map(move |kx| (ky * irow + kx) * input.cs)).collect();
-        let far_in = in_pix.iter().max().copied().unwrap_or(0) + koffs.last().copied().unwrap_or(0) + c;
+        let plan = WindowPlan::new(&input, &output, shape.kernel, &win).map_err(bad)?;
+        let far_in = plan.far_in(c);
         if far_in > input.image_len() || input.c != c {
             return Err(bad(format!("window reads {far_in} of {} elements", input.image_len())));
         }
-        let far_out = out_pix.iter().max().copied().unwrap_or(0) + c;
-        if far_out > output.image_len() || output.h * output.w != oh * ow || output.c != c {
+        let far_out = plan.far_out(c);
+        if far_out > output.image_len() || output.c != c {
             return Err(bad(format!("writes {far_out} of {} elements", output.image_len())));
         }
         let layer = StoredLayer::read(b.artifact, &name, shape)?;
@@ -121,34 +93,10 @@ impl Depthwise {
             return Err(bad("value types do not match the layer's precision".into()));
         }
         let epilogue = match layer.quant {
-            None => Epilogue { mult: vec![1.0; c], offset: layer.bias.to_vec(), out: None },
-            Some((scale, sum)) => {
-                let qi = b.input_quant(0)?;
-                let mult: Vec<f32> = scale.iter().map(|s| s * qi.scale).collect();
-                let offset = layer
-                    .bias
-                    .iter()
-                    .zip(sum)
-                    .zip(&mult)
-                    .map(|((bias, &s), m)| bias - m * (f32::from(qi.zero_point) * s as f32))
-                    .collect();
-                let out = b.out_quant.map(|q| (1.0 / q.scale, f32::from(q.zero_point)));
-                Epilogue { mult, offset, out }
-            }
+            None => Requant { mult: vec![1.0; c], offset: layer.bias.to_vec(), out: None },
+            Some((scale, sum)) => requantization(b, layer.bias, scale, sum)?,
         };
-        Ok(Self {
-            name,
-            channels: c,
-            act,
-            input,
-            output,
-            in_pix,
-            out_pix,
-            koffs,
-            weights,
-            epilogue,
-            wide: b.kernels.name != "portable",
-        })
+        Ok(Self { name, channels: c, act, input, output, plan, weights, epilogue, wide: b.kernels.name != "portable" })
     }
 
     fn rows(&self) -> usize {
@@ -217,7 +165,7 @@ fn row<T: Copy + Into<f32>>(
     let mut acc = [0f32; CHUNK];
     let mut out = out;
     for p in pixels {
-        let (Some(&ip), Some(&o)) = (op.in_pix.get(p), op.out_pix.get(p)) else { return false };
+        let (Some(&ip), Some(&o)) = (op.plan.in_pix.get(p), op.plan.out_pix.get(p)) else { return false };
         let Some(yo) = o.checked_sub(row_start) else { return false };
         for c0 in (0..c).step_by(CHUNK) {
             let len = CHUNK.min(c - c0);
@@ -227,7 +175,7 @@ fn row<T: Copy + Into<f32>>(
                 return false;
             };
             acc.fill(0.0);
-            if !pixel(x, image_in + ip, &op.koffs, &op.weights, c, c0, acc) {
+            if !pixel(x, image_in + ip, &op.plan.offsets, &op.weights, c, c0, acc) {
                 return false;
             }
             for ((a, &m), &b) in acc.iter_mut().zip(m).zip(b) {
@@ -307,7 +255,7 @@ impl CpuOp for Depthwise {
             let (n, oy) = (u / rows, u % rows);
             let pixels = oy * ow..(oy + 1) * ow;
             let (Some(&first), Some(&last)) =
-                (self.out_pix.get(pixels.start), self.out_pix.get(pixels.end.wrapping_sub(1)))
+                (self.plan.out_pix.get(pixels.start), self.plan.out_pix.get(pixels.end.wrapping_sub(1)))
             else {
                 return Err(bad());
             };
@@ -367,16 +315,7 @@ mod tests {
             let (oh, ow) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
             let input = layout(h, w, c, 1, Elem::F32);
             let output = layout(oh, ow, c, 0, Elem::F32);
-            let irow = input.w + 2;
-            let mut in_pix = Vec::new();
-            let mut out_pix = Vec::new();
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    in_pix.push((oy * stride * irow + ox * stride) * input.cs);
-                    out_pix.push(output.at(oy, ox));
-                }
-            }
-            let koffs: Vec<usize> = (0..k).flat_map(|ky| (0..k).map(move |kx| (ky * irow + kx) * input.cs)).collect();
+            let win = Window { stride: [stride; 2], padding: [1, 1], out_hw: [oh, ow] };
             let weights: Vec<f32> = (0..k * k * c).map(|_| rnd()).collect();
             let (mult, offset): (Vec<f32>, Vec<f32>) = (0..c).map(|_| (1.0 + rnd() * 0.5, rnd())).unzip();
             let mut op = Depthwise {
@@ -385,11 +324,9 @@ mod tests {
                 act,
                 input,
                 output,
-                in_pix,
-                out_pix,
-                koffs,
+                plan: WindowPlan::new(&input, &output, [k, k], &win).unwrap(),
                 weights,
-                epilogue: Epilogue { mult, offset, out: None },
+                epilogue: Requant { mult, offset, out: None },
                 wide: false,
             };
             // Interior values random, border 0 (f32) or code 0 (u8: any code is a value).
@@ -406,9 +343,10 @@ mod tests {
                 let mut y = vec![0f32; output.image_len()];
                 for p in 0..oh * ow {
                     for ch in 0..c {
-                        let a: f32 =
-                            (0..k * k).map(|kk| xs(op.in_pix[p] + op.koffs[kk] + ch) * op.weights[kk * c + ch]).sum();
-                        y[op.out_pix[p] + ch] = activate(act, op.epilogue.mult[ch] * a + op.epilogue.offset[ch]);
+                        let a: f32 = (0..k * k)
+                            .map(|kk| xs(op.plan.in_pix[p] + op.plan.offsets[kk] + ch) * op.weights[kk * c + ch])
+                            .sum();
+                        y[op.plan.out_pix[p] + ch] = activate(act, op.epilogue.mult[ch] * a + op.epilogue.offset[ch]);
                     }
                 }
                 y
@@ -427,8 +365,8 @@ mod tests {
                 for (input_u8, want) in [(false, &want_f), (true, &want_u)] {
                     let mut y = vec![0f32; output.image_len()];
                     for oy in 0..oh {
-                        let first = op.out_pix[oy * ow];
-                        let end = op.out_pix[oy * ow + ow - 1] + c;
+                        let first = op.plan.out_pix[oy * ow];
+                        let end = op.plan.out_pix[oy * ow + ow - 1] + c;
                         let out = RowOut::F32(&mut y[first..end]);
                         let ok = if input_u8 {
                             op.run_row(&xu, 0, oy * ow..(oy + 1) * ow, first, out)
