@@ -28,7 +28,7 @@ pub fn gelu(x: f32) -> f32 {
 }
 
 /// Applies an activation to one value. ReLU6 and hard-swish clamp as `max` then `min`,
-/// the order the x86 kernels use (and NaN becomes 0, where `clamp` would keep it).
+/// the order the x86 kernels use (for ReLU6 NaN becomes 0, where `clamp` would keep it).
 #[inline(always)]
 #[allow(clippy::manual_clamp)]
 pub fn activate(act: Activation, x: f32) -> f32 {

@@ -143,7 +143,7 @@ pub fn int8_in_memory(
     Ok(Model::from_bytes(&w.to_bytes()?, &sdk_options())?)
 }
 
-/// The better of the two int8 calibrations of a float graph, on validation accuracy.
+/// The int8 calibration of a float graph that [`best_int8`] kept.
 pub struct Int8Choice {
     pub writer: cifar_sdk::artifact::ArtifactWriter,
     /// The int8 file's logits on the validation images.

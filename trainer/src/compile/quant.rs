@@ -90,14 +90,14 @@ pub fn activation_quant(cal: &Calibration, method: Method) -> Vec<QuantParams> {
                 s.sort_unstable_by(f32::total_cmp);
                 QuantParams::from_range(percentile(&s, 1e-4), percentile(&s, 1.0 - 1e-4))
             }
-            Method::Mse => least_squared_error(&cal.samples[i]),
+            Method::Mse => least_squared_error(&cal.samples[i], (cal.min[i], cal.max[i])),
         })
         .collect()
 }
 
-/// The parameters of [`Method::Mse`] for one node's sampled values.
-fn least_squared_error(samples: &[f32]) -> QuantParams {
-    // A strided subsample keeps the search cheap; its tails are the sample's tails.
+/// The parameters of [`Method::Mse`] for one node's sampled values and observed range.
+fn least_squared_error(samples: &[f32], (min, max): (f32, f32)) -> QuantParams {
+    // A strided subsample keeps the search cheap (the full range is the first candidate).
     let step = samples.len().div_ceil(200_000).max(1);
     let mut s: Vec<f32> = samples.iter().step_by(step).copied().collect();
     s.sort_unstable_by(f32::total_cmp);
@@ -114,7 +114,8 @@ fn least_squared_error(samples: &[f32]) -> QuantParams {
     };
     [0.0, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
         .into_iter()
-        .map(|p| QuantParams::from_range(percentile(&s, p), percentile(&s, 1.0 - p)))
+        .map(|p| if p == 0.0 { (min, max) } else { (percentile(&s, p), percentile(&s, 1.0 - p)) })
+        .map(|(lo, hi)| QuantParams::from_range(lo, hi))
         .map(|q| (error(q), q))
         .min_by(|a, b| a.0.total_cmp(&b.0))
         .map_or(QuantParams::from_range(0.0, 0.0), |(_, q)| q)

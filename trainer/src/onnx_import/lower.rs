@@ -253,6 +253,9 @@ fn pads(node: &NodeProto) -> Result<[usize; 2]> {
         matches!(auto.as_str(), "" | "NOTSET" | "VALID"),
         "auto_pad {auto} is not supported; export with explicit pads"
     );
+    if auto == "VALID" {
+        return Ok([0, 0]);
+    }
     match attr_ints(node, "pads") {
         None => Ok([0, 0]),
         Some(v) => match v.as_slice() {
@@ -331,6 +334,7 @@ impl Lowering<'_> {
         let shape = op.output_shape(&name, &shapes).map_err(|e| anyhow::anyhow!("{e}"))?;
         let elements = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
         ensure!(elements.is_some_and(|n| n <= 1 << 24), "its output {shape:?} is too large");
+        ensure!(shape.iter().all(|&d| d > 0), "its output {shape:?} is empty");
         if let Some(l) = layer {
             ensure!(
                 Some(l.shape) == op.layer(&shapes),
@@ -355,6 +359,10 @@ impl Lowering<'_> {
     ) -> Result<Value> {
         let (sdk, shape, rank) = x;
         let c = shape[0];
+        ensure!(
+            scale.iter().chain(&shift).all(|v| v.is_finite()),
+            "its per-channel scale or shift is not finite (a zero variance or divisor?)"
+        );
         let layer =
             FloatLayer { shape: LayerShape { out: c, cin: c, kernel: [1, 1], groups: c }, weight: scale, bias: shift };
         let op = Op::Conv2d(Conv2d {
@@ -481,6 +489,10 @@ impl Lowering<'_> {
             "Squeeze" | "Unsqueeze" => self.squeeze(node)?,
             "Gemm" | "MatMul" => self.linear(node)?,
             "Shape" => {
+                ensure!(
+                    attr(node, "start").is_none() && attr(node, "end").is_none(),
+                    "Shape with start or end is not supported"
+                );
                 let (_, [c, h, w], rank) = self.dyn_input(node, 0)?;
                 let dims = if rank == 4 { vec![1, c as i64, h as i64, w as i64] } else { vec![1, c as i64] };
                 Value::Const(Const { dims: vec![dims.len()], data: Data::I64(dims) })
@@ -544,8 +556,9 @@ impl Lowering<'_> {
         };
         let groups =
             usize::try_from(attr_int(node, "group", 1)).ok().filter(|&g| g >= 1).context("group must be >= 1")?;
+        ensure!([o, cg, kh, kw].iter().all(|&d| d > 0), "the weight [{o}, {cg}, {kh}, {kw}] is empty");
         ensure!(
-            cg * groups == c && o % groups == 0,
+            cg.checked_mul(groups) == Some(c) && o % groups == 0,
             "the weight [{o}, {cg}, {kh}, {kw}] with {groups} groups does not agree with the input's {c} channels"
         );
         ensure!(pair(node, "dilations", 1)? == [1, 1], "dilated convolutions are not supported");
@@ -605,22 +618,7 @@ impl Lowering<'_> {
         let op = node.op_type.as_str();
         if self.is_const(node, 0) && self.is_const(node, 1) {
             let (a, b) = (self.const_input(node, 0)?.context("a")?, self.const_input(node, 1)?.context("b")?);
-            ensure!(a.len() == b.len() || b.len() == 1, "constant {op} of shapes {:?} and {:?}", a.dims, b.dims);
-            let (a, b) = (a.f32s(), b.f32s());
-            let v = a
-                .iter()
-                .enumerate()
-                .map(|(i, &x)| {
-                    let y = b.get(i).or(b.first()).copied().unwrap_or(0.0);
-                    match op {
-                        "Add" => x + y,
-                        "Sub" => x - y,
-                        "Mul" => x * y,
-                        _ => x / y,
-                    }
-                })
-                .collect::<Vec<_>>();
-            return Ok(Value::Const(Const { dims: vec![v.len()], data: Data::F32(v) }));
+            return const_arithmetic(op, &a, &b);
         }
         if !self.is_const(node, 0) && !self.is_const(node, 1) {
             let (a, sa, ra) = self.dyn_input(node, 0)?;
@@ -695,7 +693,7 @@ impl Lowering<'_> {
     }
 
     fn squeeze(&mut self, node: &NodeProto) -> Result<Value> {
-        let axes = match self.const_input(node, 1).ok().flatten() {
+        let axes = match self.const_input(node, 1)? {
             Some(c) => c.ints("axes")?,
             None => attr_ints(node, "axes").unwrap_or_default(),
         };
@@ -710,7 +708,8 @@ impl Lowering<'_> {
         axes.sort_unstable();
         ensure!(shape[1] == 1 && shape[2] == 1, "only the 1x1 spatial axes of [N, C, 1, 1] can be squeezed");
         match (node.op_type.as_str(), rank, axes.as_slice()) {
-            ("Squeeze", 4, [2, 3] | []) => Ok(Value::Dyn { sdk, shape, rank: 2 }),
+            ("Squeeze", 4, [2, 3]) => Ok(Value::Dyn { sdk, shape, rank: 2 }),
+            ("Squeeze", 4, []) if shape[0] > 1 => Ok(Value::Dyn { sdk, shape, rank: 2 }),
             ("Unsqueeze", 2, [2, 3]) => Ok(Value::Dyn { sdk, shape, rank: 4 }),
             _ => bail!("{} of axes {axes:?} of a rank-{rank} value is not supported", node.op_type),
         }
@@ -727,6 +726,7 @@ impl Lowering<'_> {
         let trans_b = gemm && attr_int(node, "transB", 0) != 0;
         let (out, inp) = if trans_b { (r, k) } else { (k, r) };
         ensure!(inp == f, "the weight {:?} does not agree with the input's {f} features", b.dims);
+        ensure!(out > 0 && out <= 1 << 24, "the weight {:?} gives {out} outputs", b.dims);
         let alpha = if gemm { attr_f(node, "alpha", 1.0) } else { 1.0 };
         let beta = if gemm { attr_f(node, "beta", 1.0) } else { 1.0 };
         let v = b.f32s();
@@ -744,6 +744,51 @@ impl Lowering<'_> {
         let layer = FloatLayer { shape: LayerShape { out, cin: f, kernel: [1, 1], groups: 1 }, weight, bias };
         self.push(node, &[sdk], Op::Linear(Linear { out_features: out, act: Activation::None }), Some(layer), 2)
     }
+}
+
+/// `Add`, `Sub`, `Mul`, `Div` of two constants: equal shapes, or a single value on
+/// either side (general broadcasting is refused); integers stay integers (`Div`
+/// truncates, as ONNX's integer division does).
+fn const_arithmetic(op: &str, a: &Const, b: &Const) -> Result<Value> {
+    let dims = if a.len() == 1 && b.len() != 1 { b.dims.clone() } else { a.dims.clone() };
+    ensure!(
+        a.dims == b.dims || a.len() == 1 || b.len() == 1,
+        "constant {op} of shapes {:?} and {:?}: only equal shapes or a single value broadcast",
+        a.dims,
+        b.dims
+    );
+    let n = a.len().max(b.len());
+    if let (Data::I64(x), Data::I64(y)) = (&a.data, &b.data) {
+        let pick = |v: &[i64], i: usize| v.get(i).or(v.first()).copied().unwrap_or(0);
+        let v = (0..n)
+            .map(|i| {
+                let (x, y) = (pick(x, i), pick(y, i));
+                match op {
+                    "Add" => x.checked_add(y),
+                    "Sub" => x.checked_sub(y),
+                    "Mul" => x.checked_mul(y),
+                    _ => x.checked_div(y),
+                }
+            })
+            .collect::<Option<Vec<i64>>>()
+            .with_context(|| format!("integer {op} of constants overflows or divides by zero"))?;
+        return Ok(Value::Const(Const { dims, data: Data::I64(v) }));
+    }
+    let pick = |v: &[f32], i: usize| v.get(i).or(v.first()).copied().unwrap_or(0.0);
+    let (x, y) = (a.f32s(), b.f32s());
+    let v: Vec<f32> = (0..n)
+        .map(|i| {
+            let (x, y) = (pick(&x, i), pick(&y, i));
+            match op {
+                "Add" => x + y,
+                "Sub" => x - y,
+                "Mul" => x * y,
+                _ => x / y,
+            }
+        })
+        .collect();
+    ensure!(v.iter().all(|x| x.is_finite()), "constant {op} gives a non-finite value");
+    Ok(Value::Const(Const { dims, data: Data::F32(v) }))
 }
 
 /// The op's fused activation, where it has one.
@@ -941,6 +986,32 @@ mod tests {
         let l = lower(&model(true), Path::new(".")).unwrap();
         assert_eq!(ops(&l), ["conv2d:None", "conv2d:Relu", "add:None", "global_avg_pool:None", "linear:None"]);
         assert_eq!(l.model.layers["bn"].shape.groups, 4, "the batch norm is a depthwise 1x1 convolution");
+    }
+
+    #[test]
+    fn constant_arithmetic_keeps_shapes_and_integers() {
+        let c = |dims: &[usize], data: Data| Const { dims: dims.to_vec(), data };
+        let get = |v: Result<Value>| match v.unwrap() {
+            Value::Const(c) => c,
+            other => panic!("{other:?}"),
+        };
+        // A [1, C, 1, 1] buffer times a scalar stays [1, C, 1, 1] (so it still broadcasts
+        // per channel), and a scalar on the left works.
+        let mean = c(&[1, 3, 1, 1], Data::F32(vec![0.5, 0.25, 1.0]));
+        let r = get(const_arithmetic("Mul", &mean, &c(&[], Data::F32(vec![2.0]))));
+        assert_eq!((r.dims, r.data), (vec![1, 3, 1, 1], Data::F32(vec![1.0, 0.5, 2.0])));
+        let r = get(const_arithmetic("Div", &c(&[], Data::F32(vec![1.0])), &mean));
+        assert_eq!((r.dims, r.data), (vec![1, 3, 1, 1], Data::F32(vec![2.0, 4.0, 1.0])));
+        // Integer shape arithmetic stays integer; Div truncates.
+        let r = get(const_arithmetic("Div", &c(&[1], Data::I64(vec![7])), &c(&[], Data::I64(vec![2]))));
+        assert_eq!(r.data, Data::I64(vec![3]));
+        // Shapes that would need general broadcasting, overflow, division by zero: refused.
+        let row = c(&[1, 3], Data::F32(vec![1.0; 3]));
+        let col = c(&[3, 1], Data::F32(vec![1.0; 3]));
+        assert!(const_arithmetic("Add", &row, &col).is_err());
+        assert!(const_arithmetic("Mul", &c(&[1], Data::I64(vec![i64::MAX])), &c(&[1], Data::I64(vec![2]))).is_err());
+        assert!(const_arithmetic("Div", &c(&[1], Data::I64(vec![1])), &c(&[1], Data::I64(vec![0]))).is_err());
+        assert!(const_arithmetic("Div", &c(&[1], Data::F32(vec![1.0])), &c(&[1], Data::F32(vec![0.0]))).is_err());
     }
 
     #[test]

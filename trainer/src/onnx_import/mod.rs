@@ -192,6 +192,11 @@ pub fn import_command(args: ImportOnnxArgs) -> Result<ImportReport> {
         PrecisionArg::F32 => (quant::f32_writer(&float, meta.clone())?, f32_logits, f32_accuracy, String::new()),
         PrecisionArg::Int8 => {
             let calib = compile::spread(&train, args.calibration);
+            ensure!(
+                !calib.is_empty(),
+                "{} has no training images outside its validation split to calibrate on",
+                args.data.display()
+            );
             errln!("calibrating on {} training images", calib.len());
             let best = compile::best_int8(&float, &meta, &f32_model, &f32_logits, split, &calib, val)?;
             meta.quality.calibration_images = calib.len();

@@ -47,7 +47,7 @@ impl WindowPlan {
         if win.padding[0] > bd || win.padding[1] > bd {
             return Err(format!("padding {:?} exceeds the input border {bd}", win.padding));
         }
-        if output.h * output.w != oh * ow {
+        if [output.h, output.w] != win.out_hw {
             return Err(format!("an output of {}x{} for {oh}x{ow} windows", output.h, output.w));
         }
         let mut in_pix = Vec::with_capacity(oh * ow);

@@ -29,9 +29,14 @@ enum RowOut<'a> {
 }
 
 /// Whether a convolution of `shape` runs as a [`Depthwise`].
+/// Windows of up to [`MAX_POSITIONS`] positions: int8 window sums (u8 codes times 7-bit
+/// weights) stay exact in f32 up to there; larger ones run on the dense kernels.
 pub(crate) fn is_depthwise(shape: &LayerShape) -> bool {
-    shape.groups > 1 && shape.groups == shape.cin && shape.out == shape.cin
+    shape.groups > 1 && shape.groups == shape.cin && shape.out == shape.cin && shape.positions() <= MAX_POSITIONS
 }
+
+/// The largest window [`Depthwise`] takes: `1024 * 255 * 64 < 2^24`.
+const MAX_POSITIONS: usize = 1024;
 
 /// A depthwise convolution ready to run.
 #[derive(Debug)]
@@ -96,11 +101,33 @@ impl Depthwise {
             None => Requant { mult: vec![1.0; c], offset: layer.bias.to_vec(), out: None },
             Some((scale, sum)) => requantization(b, layer.bias, scale, sum)?,
         };
-        Ok(Self { name, channels: c, act, input, output, plan, weights, epilogue, wide: b.kernels.name != "portable" })
+        Ok(Self {
+            name,
+            channels: c,
+            act,
+            input,
+            output,
+            plan,
+            weights,
+            epilogue,
+            wide: b.kernels.name != "portable" && has_avx2_fma(),
+        })
     }
 
     fn rows(&self) -> usize {
         self.output.h.max(1)
+    }
+}
+
+/// Whether this CPU has AVX2 and FMA.
+fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -225,8 +252,7 @@ impl Depthwise {
     ) -> bool {
         #[cfg(target_arch = "x86_64")]
         if self.wide {
-            // SAFETY: `wide` is set only where the kernel table is an x86 one, chosen at
-            // start-up only on CPUs with AVX2 and FMA.
+            // SAFETY: `wide` is set only where this CPU has AVX2 and FMA (`has_avx2_fma`).
             return unsafe { row_avx2(self, x, image_in, pixels, row_start, out) };
         }
         row(self, x, image_in, pixels, row_start, out)
