@@ -59,7 +59,9 @@ pub use error::{Error, Result};
 pub use fsutil::write_atomic;
 pub use model::{Model, ModelOptions};
 pub use preprocess::{Normalization, CIFAR10_CLASSES, INPUT_CHANNELS, INPUT_SIZE};
-pub use session::{classify_logits, max_relative_error, softmax, top_k_indices, Classification, Prediction, Session};
+pub use session::{
+    classify_logits, max_relative_error, softmax, top1_agreement, top_k_indices, Classification, Prediction, Session,
+};
 
 /// Version of this crate.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

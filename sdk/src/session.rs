@@ -55,6 +55,15 @@ pub fn max_relative_error(reference: &[f32], other: &[f32], classes: usize) -> f
         .fold(0f32, f32::max) as f64
 }
 
+/// The fraction of images (rows of `classes` logits) on which `a` and `b` have the same
+/// top-1 class: how often two engines, or two precisions, give the same answer.
+pub fn top1_agreement(a: &[f32], b: &[f32], classes: usize) -> f64 {
+    let c = classes.max(1);
+    let same =
+        a.chunks_exact(c).zip(b.chunks_exact(c)).filter(|(x, y)| top_k_indices(x, 1) == top_k_indices(y, 1)).count();
+    same as f64 / (a.len() / c).max(1) as f64
+}
+
 /// Indices of the `k` largest values, largest first (ties: the lower index first).
 pub fn top_k_indices(values: &[f32], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..values.len()).collect();

@@ -181,7 +181,7 @@ pub fn best_int8(
         let m = Model::from_bytes(&w.to_bytes()?, &sdk_options())?;
         let logits = eval::sdk_logits(&m, split, val, Tta::None)?;
         let acc = accuracy(&logits, classes, split, val);
-        let agree = top1_agreement(f32_logits, &logits, classes);
+        let agree = cifar_sdk::top1_agreement(f32_logits, &logits, classes);
         errln!(
             "int8 ({}): validation accuracy {:.2}%, top-1 as f32 on {:.2}%",
             method.name(),
@@ -205,18 +205,6 @@ pub fn best_int8(
     let mut best = best.context("no calibration method ran")?;
     [best.minmax_accuracy, best.percentile_accuracy, best.mse_accuracy] = accuracies;
     Ok(best)
-}
-
-/// The fraction of images (rows of `classes` logits) whose top-1 class is the same.
-pub fn top1_agreement(a: &[f32], b: &[f32], classes: usize) -> f64 {
-    let c = classes.max(1);
-    let rows = a.len() / c;
-    let same = a
-        .chunks_exact(c)
-        .zip(b.chunks_exact(c))
-        .filter(|(x, y)| cifar_sdk::top_k_indices(x, 1) == cifar_sdk::top_k_indices(y, 1))
-        .count();
-    same as f64 / rows.max(1) as f64
 }
 
 /// Compiles a run; returns the report (also printed and saved in the run directory).
