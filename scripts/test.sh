@@ -23,6 +23,12 @@ scripts/deploy-tools.sh >/dev/null
 CIFAR_MLFLOW="$(scripts/mlflow-venv.sh)" CIFAR_MOTO="$(scripts/moto-venv.sh)" \
   CIFAR_PROMETHEUS="$(command -v prometheus || true)" \
   cargo test --release --locked --workspace
+# Fuzzing: the SDK's targets (model files) built with libFuzzer (nightly) and run half a
+# minute each from their saved corpus. Every target's saved inputs (seeds, corpus, past
+# findings) were replayed on stable in the cargo test above; the server's and trainer's
+# instrumented build takes 11 minutes, so their fuzzers run by hand (fuzz/README.md).
+# Skipped, with a message, where no nightly toolchain is installed.
+scripts/fuzz.sh ci
 # The SDK's device engine (candle tensors), on candle's CPU device against the CPU engine.
 cargo test --release --locked -p cifar-sdk --features candle --test device_engine
 # The `cuda` feature, compile-only: no GPU here (scripts/cuda-check.sh).

@@ -7,9 +7,28 @@ use crate::{Error, Result};
 /// Largest accepted width or height of an encoded image.
 pub const MAX_IMAGE_SIDE: u32 = 8192;
 
+/// Largest allocation one decode may make: an image's header cannot make a decoder
+/// allocate more, whatever size it claims.
+pub const MAX_DECODE_BYTES: u64 = 512 << 20;
+
 /// Decodes `bytes` (format detected from the content) and resizes the image to
 /// `width x height` RGB8 (interleaved, row-major) with a triangle filter.
 pub fn decode_rgb8(bytes: &[u8], width: usize, height: usize) -> Result<Vec<u8>> {
+    let img = decode(bytes)?;
+    let (w, h) = (u32::try_from(width), u32::try_from(height));
+    let (Ok(w), Ok(h)) = (w, h) else { return Err(Error::Input(format!("bad target size {width}x{height}"))) };
+    let img = if img.dimensions() == (w, h) {
+        img
+    } else {
+        image::imageops::resize(&img, w, h, image::imageops::FilterType::Triangle)
+    };
+    Ok(img.into_raw())
+}
+
+/// Decodes `bytes` (PNG, JPEG or PPM, detected from the content) to RGB8 at its own
+/// size, within [`MAX_IMAGE_SIDE`] and [`MAX_DECODE_BYTES`]. The one decoder of the
+/// project's image inputs (the SDK, the server, the trainer's dataset import).
+pub fn decode(bytes: &[u8]) -> Result<image::RgbImage> {
     let mut reader = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::Image(format!("cannot read the data: {e}")))?;
@@ -19,17 +38,9 @@ pub fn decode_rgb8(bytes: &[u8], width: usize, height: usize) -> Result<Vec<u8>>
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
-    limits.max_alloc = Some(512 << 20);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| Error::Image(e.to_string()))?.into_rgb8();
-    let (w, h) = (u32::try_from(width), u32::try_from(height));
-    let (Ok(w), Ok(h)) = (w, h) else { return Err(Error::Input(format!("bad target size {width}x{height}"))) };
-    let img = if img.dimensions() == (w, h) {
-        img
-    } else {
-        image::imageops::resize(&img, w, h, image::imageops::FilterType::Triangle)
-    };
-    Ok(img.into_raw())
+    Ok(reader.decode().map_err(|e| Error::Image(e.to_string()))?.into_rgb8())
 }
 
 #[cfg(test)]

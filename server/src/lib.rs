@@ -131,6 +131,28 @@ async fn local_model(model: &std::path::Path) -> anyhow::Result<std::path::PathB
     Ok(path)
 }
 
+/// The handlers' state for `config` and the models of `repository`: metrics, drift
+/// monitors and the inference workers (started here). What [`run`] serves; the fuzz
+/// targets (`fuzz/`) drive [`routes::router`] and [`grpc::router`] over it in-process.
+pub fn shared_state(config: Config, repository: Repository, keys: auth::Keys) -> anyhow::Result<AppState> {
+    let (workers, _) = config.worker_threads();
+    let telemetry = Arc::new(Telemetry::new(DriftConfig {
+        window: config.drift_window as usize,
+        threshold: config.drift_threshold,
+        class_threshold: config.drift_class_threshold,
+        min_images: config.drift_min_images as usize,
+    }));
+    telemetry.set_models(&repository.all());
+    telemetry.set_queue_capacity(config.max_queue as usize);
+    let policy = BatchPolicy {
+        max_batch: config.max_batch as usize,
+        max_queue_delay: Duration::from_micros(config.max_queue_delay_us),
+        max_queue: config.max_queue as usize,
+    };
+    let batcher = Batcher::start(workers, policy, telemetry.clone()).context("cannot start the inference workers")?;
+    Ok(Arc::new(Shared { config, repository, batcher, telemetry, keys, shutting_down: AtomicBool::new(false) }))
+}
+
 /// Opens the model, starts the workers, listens, and serves until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let keys = auth::Keys::load(&config)?;
@@ -162,20 +184,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "model loaded"
         );
     }
-    let telemetry = Arc::new(Telemetry::new(DriftConfig {
-        window: config.drift_window as usize,
-        threshold: config.drift_threshold,
-        class_threshold: config.drift_class_threshold,
-        min_images: config.drift_min_images as usize,
-    }));
-    telemetry.set_models(&repository.all());
-    telemetry.set_queue_capacity(config.max_queue as usize);
-    let policy = BatchPolicy {
-        max_batch: config.max_batch as usize,
-        max_queue_delay: Duration::from_micros(config.max_queue_delay_us),
-        max_queue: config.max_queue as usize,
-    };
-    let batcher = Batcher::start(workers, policy, telemetry.clone()).context("cannot start the inference workers")?;
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.addr))?;
@@ -192,8 +200,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if !keys.has_api_key() && !loopback_only {
         tracing::warn!("listening beyond loopback without --api-key-file: anyone who reaches the port can infer");
     }
-    let state: AppState =
-        Arc::new(Shared { config, repository, batcher, telemetry, keys, shutting_down: AtomicBool::new(false) });
+    let state = shared_state(config, repository, keys)?;
     spawn_sighup_reloader(state.clone());
     if state.repository.is_directory() && state.config.repository_poll_secs > 0 {
         let (poller, every) = (state.clone(), Duration::from_secs(state.config.repository_poll_secs));
@@ -205,7 +212,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         });
     }
     let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(%addr, workers, threads, max_batch = policy.max_batch, "listening on {scheme}://{addr}/");
+    tracing::info!(%addr, workers, threads, max_batch = state.config.max_batch, "listening on {scheme}://{addr}/");
     if let Some(g) = grpc_addr {
         tracing::info!(addr = %g, tls = tls.is_some(), "gRPC (inference.GRPCInferenceService) on {g}");
     }

@@ -373,21 +373,47 @@ fn merge(base: &mut toml::Value, user: toml::Value, path: &str) -> Result<()> {
     }
 }
 
+/// Merges a config file's TOML over `tree`; a config without `name` (or with the
+/// default's) is named `stem`.
+fn merge_file(tree: &mut toml::Value, text: &str, stem: &str) -> Result<()> {
+    let user: toml::Value = toml::from_str(text).context("invalid TOML")?;
+    merge(tree, user, "")?;
+    if let Some(t) = tree.as_table_mut() {
+        if t.get("name").is_none_or(|n| n.as_str() == Some("custom")) {
+            t.insert("name".into(), toml::Value::String(stem.to_string()));
+        }
+    }
+    Ok(())
+}
+
 impl Config {
     /// Loads `path` (if given), applies overrides and checks the result.
     pub fn resolve(path: Option<&Path>, overrides: &[String]) -> Result<Config> {
-        let mut tree = toml::Value::try_from(Config::default()).context("cannot serialize the default config")?;
+        let mut tree = Config::default_tree()?;
         if let Some(p) = path {
             let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config {}", p.display()))?;
-            let user: toml::Value = toml::from_str(&text).with_context(|| format!("{}: invalid TOML", p.display()))?;
-            merge(&mut tree, user, "").with_context(|| format!("in config {}", p.display()))?;
-            if let Some(t) = tree.as_table_mut() {
-                if t.get("name").is_none_or(|n| n.as_str() == Some("custom")) {
-                    let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-                    t.insert("name".into(), toml::Value::String(stem));
-                }
-            }
+            let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            merge_file(&mut tree, &text, &stem).with_context(|| format!("in config {}", p.display()))?;
         }
+        Config::finish(tree, overrides)
+    }
+
+    /// [`Config::resolve`] without the file system: `file` is a config's TOML text and the
+    /// name that a config without `name` gets (its file's stem).
+    pub fn parse(file: Option<(&str, &str)>, overrides: &[String]) -> Result<Config> {
+        let mut tree = Config::default_tree()?;
+        if let Some((text, stem)) = file {
+            merge_file(&mut tree, text, stem)?;
+        }
+        Config::finish(tree, overrides)
+    }
+
+    fn default_tree() -> Result<toml::Value> {
+        toml::Value::try_from(Config::default()).context("cannot serialize the default config")
+    }
+
+    /// Applies the overrides and checks the result.
+    fn finish(mut tree: toml::Value, overrides: &[String]) -> Result<Config> {
         for o in overrides {
             apply_override(&mut tree, o)?;
         }
@@ -398,13 +424,8 @@ impl Config {
 
     /// This config with `overrides` applied (checked as [`Config::resolve`] checks them).
     pub fn with_overrides(&self, overrides: &[String]) -> Result<Config> {
-        let mut tree = toml::Value::try_from(self).context("cannot serialize the config")?;
-        for o in overrides {
-            apply_override(&mut tree, o)?;
-        }
-        let cfg: Config = tree.try_into().context("invalid config")?;
-        cfg.check()?;
-        Ok(cfg)
+        let tree = toml::Value::try_from(self).context("cannot serialize the config")?;
+        Config::finish(tree, overrides)
     }
 
     /// Range checks that the types alone cannot express.

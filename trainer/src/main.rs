@@ -6,41 +6,11 @@
 //! trainer eval --run runs/<id>
 //! ```
 
-// Output goes through `cifar_cli_io`'s macros: a closed stdout ends the program quietly.
-#![deny(clippy::print_stdout, clippy::print_stderr)]
-
-#[macro_use]
-extern crate cifar_cli_io;
-
 // glibc's allocator returns large tensor buffers to the OS after every op and faults
 // them in again on the next: about 30% of a training step on this CPU. mimalloc keeps
 // them. Decided here, in the binary, so no user has to tune their shell.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-mod bench;
-mod cli;
-mod compile;
-mod config;
-mod data;
-mod device;
-mod drift_cli;
-mod eval;
-mod model;
-mod model_cli;
-mod onnx_export;
-mod onnx_import;
-mod ops;
-mod optim;
-mod plot;
-mod prune;
-mod robustness;
-mod run;
-mod step;
-mod sweep;
-mod trace;
-mod track;
-mod train;
 
 fn main() -> std::process::ExitCode {
     // mimalloc returns freed pages to the OS after 10 ms by default; a training step frees
@@ -49,5 +19,5 @@ fn main() -> std::process::ExitCode {
     // SAFETY: setting an allocator option is a plain store into mimalloc's option table;
     // 15 is `mi_option_purge_delay` in mimalloc v3's `mi_option_e`, -1 means never purge.
     unsafe { libmimalloc_sys::mi_option_set(15, -1) };
-    cifar_cli_io::exit_status(cli::main())
+    cifar_cli_io::exit_status(cifar_trainer::cli::main())
 }

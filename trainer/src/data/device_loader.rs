@@ -104,6 +104,11 @@ impl DeviceSet {
         self.len
     }
 
+    /// Whether no image is on the device.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// The first `steps` batches of `epoch`, augmented as `aug` says.
     pub fn epoch(
         &self,

@@ -7,7 +7,7 @@
 //! not images (README, .DS_Store) are ignored and counted.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -52,72 +52,107 @@ fn hidden(parts: &[String]) -> bool {
     parts.iter().any(|p| p.starts_with('.') || p == "__MACOSX")
 }
 
+/// Every image file of a source (with its bytes), every directory, and how many other
+/// files were ignored.
+struct Files {
+    entries: Vec<Entry>,
+    dirs: BTreeSet<Vec<String>>,
+    ignored: usize,
+}
+
+/// The largest image file an import reads. A CIFAR image is a few kilobytes; the bound
+/// keeps one tar header that claims gigabytes from making the import allocate them (the
+/// dataset as a whole is held in memory by design).
+pub const MAX_IMAGE_FILE_BYTES: u64 = 16 << 20;
+
 /// Reads every image file (and notes every directory) of a directory tree or archive.
-fn read_source(src: &Path, progress: &ProgressBar) -> Result<(Vec<Entry>, BTreeSet<Vec<String>>, usize)> {
+fn read_source(src: &Path, progress: &ProgressBar) -> Result<Files> {
     let meta = std::fs::metadata(src).with_context(|| format!("cannot read {}", src.display()))?;
-    let mut entries = Vec::new();
-    let mut dirs = BTreeSet::new();
-    let mut ignored = 0;
-    if meta.is_dir() {
-        let mut stack = vec![src.to_path_buf()];
-        while let Some(dir) = stack.pop() {
-            for item in std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
-                let item = item?;
-                let path = item.path();
-                let parts = components(path.strip_prefix(src).unwrap_or(&path));
-                if hidden(&parts) {
-                    continue;
-                }
-                if item.file_type()?.is_dir() {
-                    dirs.insert(parts);
-                    stack.push(path);
-                } else if is_image(&path.to_string_lossy()) {
-                    let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-                    entries.push(Entry { parts, bytes });
-                    progress.inc(1);
-                } else {
-                    ignored += 1;
-                }
-            }
-        }
-    } else {
-        let mut file = std::fs::File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
-        let mut magic = [0u8; 2];
-        let gz = file.read(&mut magic).map(|n| n == 2 && magic == [0x1f, 0x8b]).unwrap_or(false);
-        drop(file);
-        let file = std::fs::File::open(src)?;
-        let reader: Box<dyn Read> = if gz { Box::new(flate2::read::GzDecoder::new(file)) } else { Box::new(file) };
-        let mut archive = tar::Archive::new(reader);
-        let what = || format!("{} is not a readable tar{} archive", src.display(), if gz { ".gz" } else { "" });
-        for item in archive.entries().with_context(what)? {
-            let mut item = item.with_context(what)?;
-            let path = item.path().with_context(what)?.into_owned();
-            let parts = components(&path);
-            if parts.is_empty() || hidden(&parts) {
+    if !meta.is_dir() {
+        let file = std::fs::File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
+        return read_archive(file, &src.display().to_string(), progress);
+    }
+    let mut files = Files { entries: Vec::new(), dirs: BTreeSet::new(), ignored: 0 };
+    let mut stack = vec![src.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for item in std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
+            let item = item?;
+            let path = item.path();
+            let parts = components(path.strip_prefix(src).unwrap_or(&path));
+            if hidden(&parts) {
                 continue;
             }
-            for depth in 1..parts.len() {
-                dirs.insert(parts[..depth].to_vec());
-            }
-            match item.header().entry_type() {
-                tar::EntryType::Directory => {
-                    dirs.insert(parts);
+            if item.file_type()?.is_dir() {
+                files.dirs.insert(parts);
+                stack.push(path);
+            } else if is_image(&path.to_string_lossy()) {
+                // Read through the bound, not a size asked first: a symlink, a FIFO or a
+                // device file reports a size that is not what a read returns.
+                let mut bytes = Vec::new();
+                std::fs::File::open(&path)
+                    .and_then(|f| f.take(MAX_IMAGE_FILE_BYTES + 1).read_to_end(&mut bytes))
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                if bytes.len() as u64 > MAX_IMAGE_FILE_BYTES {
+                    bail!("{}: too large for an image (over {MAX_IMAGE_FILE_BYTES} bytes)", path.display());
                 }
-                tar::EntryType::Regular if is_image(&path.to_string_lossy()) => {
-                    let mut bytes = Vec::with_capacity(item.size() as usize);
-                    item.read_to_end(&mut bytes)
-                        .with_context(|| format!("{}: cannot read {}", src.display(), path.display()))?;
-                    entries.push(Entry { parts, bytes });
-                    progress.inc(1);
-                }
-                _ => ignored += 1,
+                files.entries.push(Entry { parts, bytes });
+                progress.inc(1);
+            } else {
+                files.ignored += 1;
             }
         }
     }
-    if entries.is_empty() {
+    if files.entries.is_empty() {
         bail!("{} contains no images (looked for {})", src.display(), IMAGE_EXTENSIONS.join(", "));
     }
-    Ok((entries, dirs, ignored))
+    Ok(files)
+}
+
+/// Reads every image file of a `.tar` or `.tar.gz` stream (told apart by gzip's magic
+/// bytes); `label` names the archive in errors.
+fn read_archive(reader: impl Read, label: &str, progress: &ProgressBar) -> Result<Files> {
+    let mut reader = std::io::BufReader::new(reader);
+    let gz = reader.fill_buf().map(|b| b.starts_with(&[0x1f, 0x8b])).unwrap_or(false);
+    let reader: Box<dyn Read> = if gz { Box::new(flate2::bufread::GzDecoder::new(reader)) } else { Box::new(reader) };
+    let mut archive = tar::Archive::new(reader);
+    let what = || format!("{label} is not a readable tar{} archive", if gz { ".gz" } else { "" });
+    let mut files = Files { entries: Vec::new(), dirs: BTreeSet::new(), ignored: 0 };
+    for item in archive.entries().with_context(what)? {
+        let mut item = item.with_context(what)?;
+        let path = item.path().with_context(what)?.into_owned();
+        let parts = components(&path);
+        if parts.is_empty() || hidden(&parts) {
+            continue;
+        }
+        for depth in 1..parts.len() {
+            files.dirs.insert(parts[..depth].to_vec());
+        }
+        match item.header().entry_type() {
+            tar::EntryType::Directory => {
+                files.dirs.insert(parts);
+            }
+            tar::EntryType::Regular if is_image(&path.to_string_lossy()) => {
+                let size = item.size();
+                if size > MAX_IMAGE_FILE_BYTES {
+                    bail!(
+                        "{label}: {} is {size} bytes, too large for an image (at most {MAX_IMAGE_FILE_BYTES})",
+                        path.display()
+                    );
+                }
+                // `size` is the header's claim: bounded above, and the read stops at the
+                // entry's real end.
+                let mut bytes = Vec::with_capacity(size as usize);
+                item.read_to_end(&mut bytes).with_context(|| format!("{label}: cannot read {}", path.display()))?;
+                files.entries.push(Entry { parts, bytes });
+                progress.inc(1);
+            }
+            _ => files.ignored += 1,
+        }
+    }
+    if files.entries.is_empty() {
+        bail!("{label} contains no images (looked for {})", IMAGE_EXTENSIONS.join(", "));
+    }
+    Ok(files)
 }
 
 /// Strips wrapper directories (`cifar10/train/cat/x.jpg` -> `train/cat/x.jpg`) and tells
@@ -168,8 +203,9 @@ fn class_order(names: BTreeSet<String>) -> Vec<String> {
 }
 
 /// Decodes one image to 32x32 RGB; returns whether it had to be resized.
-fn decode(bytes: &[u8], out: &mut [u8]) -> Result<bool, image::ImageError> {
-    let img = image::load_from_memory(bytes)?.to_rgb8();
+fn decode(bytes: &[u8], out: &mut [u8]) -> Result<bool, cifar_sdk::Error> {
+    // The SDK's decoder: its size limits hold here too.
+    let img = cifar_sdk::image::decode(bytes)?;
     let resized = img.dimensions() != (32, 32);
     let img = if resized { image::imageops::resize(&img, 32, 32, image::imageops::FilterType::Triangle) } else { img };
     out.copy_from_slice(img.as_raw());
@@ -179,48 +215,68 @@ fn decode(bytes: &[u8], out: &mut [u8]) -> Result<bool, image::ImageError> {
 /// Reads and decodes every image of a directory tree or archive, whatever its layout
 /// (`trainer drift`): their paths, sorted, and their 32x32 RGB pixels in that order.
 pub fn read_images(src: &Path, quiet: bool) -> Result<(Vec<String>, Vec<u8>)> {
-    let reading = if quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
-    reading.set_style(
-        ProgressStyle::with_template("{spinner} reading {pos} images ({elapsed})")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
-    let (mut entries, _, _) = read_source(src, &reading)?;
+    let reading = reading_progress(quiet);
+    let Files { mut entries, .. } = read_source(src, &reading)?;
     reading.finish_and_clear();
     entries.sort_by(|a, b| a.parts.cmp(&b.parts));
     let names: Vec<String> = entries.iter().map(|e| e.parts.join("/")).collect();
     let mut pixels = vec![0u8; entries.len() * IMAGE_BYTES];
-    pixels.par_chunks_mut(IMAGE_BYTES).zip(entries.par_iter().zip(names.par_iter())).try_for_each(
-        |(dst, (e, name))| decode(&e.bytes, dst).map(|_| ()).with_context(|| format!("{name}: cannot decode image")),
-    )?;
+    pixels
+        .par_chunks_mut(IMAGE_BYTES)
+        .zip(entries.par_iter().zip(names.par_iter()))
+        .try_for_each(|(dst, (e, name))| decode(&e.bytes, dst).map(|_| ()).with_context(|| name.clone()))?;
     Ok((names, pixels))
 }
 
 /// Imports `src` (a directory, `.tar` or `.tar.gz`).
 pub fn import(src: &Path, quiet: bool) -> Result<Imported> {
+    let reading = reading_progress(quiet);
+    let files = read_source(src, &reading)?;
+    reading.finish_and_clear();
+    assemble(files, &src.display().to_string(), quiet)
+}
+
+/// Imports a `.tar` or `.tar.gz` stream; `label` names it in errors.
+pub fn import_archive(reader: impl Read, label: &str, quiet: bool) -> Result<Imported> {
+    let reading = reading_progress(quiet);
+    let files = read_archive(reader, label, &reading)?;
+    reading.finish_and_clear();
+    assemble(files, label, quiet)
+}
+
+fn reading_progress(quiet: bool) -> ProgressBar {
     let reading = if quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
     reading.set_style(
         ProgressStyle::with_template("{spinner} reading {pos} images ({elapsed})")
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
-    let (entries, dirs, ignored_files) = read_source(src, &reading)?;
-    reading.finish_and_clear();
+    reading
+}
+
+/// Checks the layout of what was read, orders the classes and decodes every image.
+fn assemble(files: Files, label: &str, quiet: bool) -> Result<Imported> {
+    let Files { entries, dirs, ignored: ignored_files } = files;
     let (prefix, with_splits) = detect_layout(&entries)?;
     let class_level = prefix + usize::from(with_splits);
     // Every folder at the class level must hold at least one image.
     let populated: BTreeSet<&[String]> = entries.iter().map(|e| &e.parts[..=class_level]).collect();
     for d in dirs.iter().filter(|d| d.len() == class_level + 1 && d[..prefix] == entries[0].parts[..prefix]) {
         if !populated.contains(d.as_slice()) {
-            bail!("class folder {} in {} has no images", d.join("/"), src.display());
+            bail!("class folder {} in {label} has no images", d.join("/"));
         }
     }
     let split_of = |e: &Entry| if with_splits { e.parts[prefix].clone() } else { "train".to_string() };
     let train_classes: BTreeSet<String> =
         entries.iter().filter(|e| split_of(e) == "train").map(|e| e.parts[class_level].clone()).collect();
     if train_classes.is_empty() {
-        bail!("{} has no train split: expected a train/ folder next to test/", src.display());
+        bail!("{label} has no train split: expected a train/ folder next to test/");
     }
     if let Some(e) = entries.iter().find(|e| !train_classes.contains(&e.parts[class_level])) {
-        bail!("{}: class {:?} appears in the test split but not in train", src.display(), e.parts[class_level]);
+        bail!("{label}: class {:?} appears in the test split but not in train", e.parts[class_level]);
+    }
+    // Labels are stored as one byte each.
+    if train_classes.len() > 256 {
+        bail!("{label} has {} class folders; at most 256 are supported", train_classes.len());
     }
     let classes = class_order(train_classes);
     let index: BTreeMap<&str, u8> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i as u8)).collect();
@@ -244,7 +300,7 @@ pub fn import(src: &Path, quiet: bool) -> Result<Imported> {
             .par_chunks_mut(IMAGE_BYTES)
             .zip(items.par_iter())
             .map(|(dst, (_, path, e))| {
-                let r = decode(&e.bytes, dst).with_context(|| format!("{path}: cannot decode image"));
+                let r = decode(&e.bytes, dst).with_context(|| path.clone());
                 decoding.inc(1);
                 r
             })

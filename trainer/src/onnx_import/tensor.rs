@@ -28,6 +28,11 @@ pub struct Const {
 }
 
 impl Const {
+    /// Whether it has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Its number of elements.
     pub fn len(&self) -> usize {
         match &self.data {
