@@ -9,8 +9,9 @@
 #                                      growing target/fuzz/corpus/<t>; crashes, hangs and
 #                                      out-of-memory inputs are minimized into
 #                                      fuzz/regressions/<t>/ (commit them with the fix)
-#   scripts/fuzz.sh merge              minimize the grown corpora into fuzz/corpus/<t>/
-#                                      (the committed corpus the regression test replays)
+#   scripts/fuzz.sh merge              minimize the grown corpora; keep the smallest inputs
+#                                      (FUZZ_CORPUS_KB, 256 per target) in fuzz/corpus/<t>/,
+#                                      the committed corpus the regression test replays
 #   scripts/fuzz.sh build              only build
 #
 # FUZZ_SET=sdk limits any mode to the SDK's targets (FUZZ_SET=all: every target).
@@ -158,13 +159,23 @@ case "$mode" in
     ;;
   merge)
     build # up to date, and every target of the set (a no-op when nothing changed)
+    # The committed corpus is the merged (minimized) one, smallest inputs first, up to
+    # FUZZ_CORPUS_KB per target: the rest stays in target/fuzz/corpus for the next run.
+    cap=$(( ${FUZZ_CORPUS_KB:-256} * 1024 ))
     while read -r t max_len; do
       [ -d "$work/corpus/$t" ] || continue
-      rm -rf "fuzz/corpus/$t.new" && mkdir -p "fuzz/corpus/$t.new"
-      "$bin_dir/$t" -merge=1 -max_len="$max_len" "${limits[@]}" "fuzz/corpus/$t.new" "$work/corpus/$t" \
+      merged="$work/merged/$t"
+      rm -rf "$merged" && mkdir -p "$merged" "$work/logs"
+      "$bin_dir/$t" -merge=1 -max_len="$max_len" "${limits[@]}" "$merged" "$work/corpus/$t" \
         >"$work/logs/$t.merge.log" 2>&1
-      rm -rf "fuzz/corpus/$t" && mv "fuzz/corpus/$t.new" "fuzz/corpus/$t"
-      echo "fuzz: $t: $(ls "fuzz/corpus/$t" | wc -l) inputs, $(du -sh "fuzz/corpus/$t" | cut -f1)" >&2
+      rm -rf "fuzz/corpus/$t" && mkdir -p "fuzz/corpus/$t"
+      total=0
+      while read -r size f; do
+        [ $((total + size)) -le "$cap" ] || break
+        cp "$merged/$f" "fuzz/corpus/$t/"
+        total=$((total + size))
+      done < <(cd "$merged" && find . -type f -printf '%s %P\n' | sort -n)
+      echo "fuzz: $t: $(ls "$merged" | wc -l) inputs after merging, $(ls "fuzz/corpus/$t" | wc -l) kept ($total bytes)" >&2
     done < <(targets)
     ;;
 esac

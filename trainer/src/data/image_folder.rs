@@ -320,3 +320,50 @@ fn assemble(files: Files, label: &str, quiet: bool) -> Result<Imported> {
         resized,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png() -> Vec<u8> {
+        let mut bytes = Vec::new();
+        image::RgbImage::from_pixel(2, 2, image::Rgb([9, 8, 7]))
+            .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+            .unwrap();
+        bytes
+    }
+
+    fn tar_of(paths: impl Iterator<Item = String>) -> Vec<u8> {
+        let png = png();
+        let mut b = tar::Builder::new(Vec::new());
+        for path in paths {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(png.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, path, png.as_slice()).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn archives_import_from_a_reader_and_labels_fit_their_byte() {
+        let ok = import_archive(tar_of((0..256).map(|i| format!("c{i:03}/x.png"))).as_slice(), "a.tar", true).unwrap();
+        assert_eq!(ok.classes.len(), 256);
+        assert_eq!(ok.train.labels.iter().map(|&l| usize::from(l)).max(), Some(255));
+        let err =
+            import_archive(tar_of((0..257).map(|i| format!("c{i:03}/x.png"))).as_slice(), "b.tar", true).err().unwrap();
+        assert!(format!("{err:#}").contains("b.tar has 257 class folders; at most 256"), "{err:#}");
+    }
+
+    #[test]
+    fn a_header_that_claims_gigabytes_is_refused_before_reading() {
+        // The fuzz regression input: one entry claiming 8 GiB, 1 KiB of data.
+        let bytes = include_bytes!("../../../fuzz/regressions/dataset_tar/header-claims-8-gib.tar");
+        let err = import_archive(bytes.as_slice(), "c.tar", true).err().unwrap();
+        assert!(
+            format!("{err:#}").contains("train/cat/huge.png is 8589934592 bytes, too large for an image"),
+            "{err:#}"
+        );
+    }
+}
