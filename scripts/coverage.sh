@@ -3,7 +3,8 @@
 # real MLflow, S3 and Prometheus servers), the binaries the tests start included, measured
 # with cargo-llvm-cov and Debian's llvm-<N> (N = rustc's LLVM major version, so the
 # profile format matches). By hand, not in CI: it rebuilds the workspace instrumented
-# (about 25 minutes on 2 cores) and runs the suite (about 15).
+# (28 minutes with one build job) and runs the suite, which is several times slower
+# instrumented (the ONNX import test alone: 29 minutes); plan on 1.5 hours on 2 cores.
 #
 #   scripts/coverage.sh        -> target/coverage/summary.txt (per file), a table of the
 #                                 totals per crate and the least covered files
