@@ -28,11 +28,15 @@ pub enum Error {
         problem: String,
     },
     /// The file was written by a newer (or unknown) version of the format.
-    #[error("model format version {found} is not supported (this SDK reads version {supported}){}", version_hint(.found, *.supported))]
+    #[error(
+        "model format version {found} is not supported (this SDK reads versions {} to {supported}){}",
+        crate::artifact::schema::OLDEST_FORMAT_VERSION,
+        version_hint(.found, *.supported)
+    )]
     UnsupportedVersion {
         /// The version in the file.
         found: String,
-        /// The version this SDK reads.
+        /// The newest version this SDK reads.
         supported: u32,
     },
     /// A stored tensor disagrees with the graph (missing, wrong dtype or shape, misaligned).
@@ -83,7 +87,7 @@ pub enum Error {
 /// What to do about a file of another format version.
 fn version_hint(found: &str, supported: u32) -> &'static str {
     match found.parse::<u32>() {
-        Ok(v) if v < supported => {
+        Ok(v) if v < crate::artifact::schema::OLDEST_FORMAT_VERSION.min(supported) => {
             ": it was compiled by an older trainer; recompile it from its run with `trainer compile`"
         }
         Ok(_) => ": it was compiled by a newer trainer; update cifar-sdk",

@@ -131,6 +131,42 @@ fn container_errors() {
     }
 }
 
+/// Depthwise layers store 8-bit codes (their op sums exactly in f32: format version 3);
+/// the tile kernels' layers keep 7 bits, and -128 is refused everywhere.
+#[test]
+fn depthwise_layers_take_8_bit_codes() {
+    let dw = Op::Conv2d(Conv2d {
+        out_channels: 3,
+        kernel: [3, 3],
+        stride: [1, 1],
+        padding: [1, 1],
+        groups: 3,
+        act: Activation::Relu,
+    });
+    let node = |name: &str, input: &str, op| Node { name: name.into(), inputs: vec![input.into()], op, quant: None };
+    let mut g = zoo_graph();
+    g.nodes = vec![
+        node("dw", "input", dw),
+        node("gp", "dw", Op::GlobalAvgPool(GlobalAvgPool { act: Activation::None })),
+        node("head", "gp", Op::Linear(Linear { out_features: CLASSES, act: Activation::None })),
+    ];
+    let w = random_weights(&g, 71);
+    let base = int8_writer(&g, &w, &random_images(2, 72), 2);
+    let codes = |name: &str| base.tensors[name].bytes.iter().map(|&b| (b as i8).unsigned_abs()).max().unwrap();
+    assert_eq!((codes("dw.weight"), codes("head.weight")), (127, 64));
+    open(&base.to_bytes().unwrap()).unwrap();
+    let minus_128 = edited(base, |w| {
+        let mut t = w.tensors["dw.weight"].clone();
+        t.bytes[0] = 0x80;
+        w.insert("dw.weight", t);
+    });
+    expect(
+        &minus_128,
+        |e| matches!(e, Error::Tensor { name, .. } if name == "dw.weight") && msg(e, "outside -127..=127"),
+        "a depthwise weight code of -128",
+    );
+}
+
 #[test]
 fn metadata_errors() {
     let good = f32_base().to_bytes().unwrap();
@@ -140,8 +176,12 @@ fn metadata_errors() {
     expect(&no_meta, |e| matches!(e, Error::Metadata { key, .. } if key == "__metadata__"), "no metadata");
     let format = edit_header(&good, |h| h["__metadata__"]["format"] = "onnx".into());
     expect(&format, |e| matches!(e, Error::Metadata { key, .. } if key == "format"), "wrong format name");
-    let version = edit_header(&good, |h| h["__metadata__"]["format_version"] = "3".into());
-    expect(&version, |e| matches!(e, Error::UnsupportedVersion { found, .. } if found == "3"), "newer version");
+    let version = edit_header(&good, |h| h["__metadata__"]["format_version"] = "4".into());
+    expect(
+        &version,
+        |e| matches!(e, Error::UnsupportedVersion { found, .. } if found == "4") && msg(e, "update cifar-sdk"),
+        "newer version",
+    );
     let older = edit_header(&good, |h| h["__metadata__"]["format_version"] = "1".into());
     expect(
         &older,
@@ -368,7 +408,7 @@ fn tensor_errors() {
             w.insert("c1.weight", t);
         }
     };
-    expect(&q(&packed(0, 100)), is_tensor("c1.weight", "7-bit"), "an 8-bit weight code");
+    expect(&q(&packed(0, 100)), is_tensor("c1.weight", "outside -64..=64"), "an 8-bit weight code");
     expect(&q(&packed(3, 5)), is_tensor("c1.weight", "padding"), "a weight in the packing's padding");
     expect(
         &f(&|w| {

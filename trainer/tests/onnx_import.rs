@@ -76,12 +76,13 @@ fn imported_models_give_onnx_runtime_logits() {
     assert_eq!(manifest["dataset_digest"], dataset["digest"], "the fixtures were made on another dataset");
     let tmp = tempdir();
     let opts = ModelOptions { device: DevicePolicy::Cpu, threads: 2, max_batch: 250 };
-    // The target is 99% for both. MobileNetV2 reaches 98.7% (2026-12-02): its
-    // depthwise 3x3 filters have 9 weights per channel and the SDK stores 7-bit weights
-    // (the AVX2 kernel's no-saturation budget); 8-bit weights measured +0.5 pp, and ONNX
-    // Runtime's own static quantization gets 98.6% (min/max) to 99.4% (percentile) on the
-    // same images. The bound below guards against regressions from there.
-    for (name, min_agreement) in [("resnet20", 0.99), ("mobilenetv2", 0.985)] {
+    // The target is 99% for both. MobileNetV2 reaches 98.9% (2026-12-02, 8-bit
+    // depthwise weights and bias correction; 98.7% before them): this 3-epoch model has
+    // many near ties, and 2,000 or 5,000 calibration images give 99.1% and 99.0%, so the
+    // last 0.1 pp is noise of calibration; ONNX Runtime's own static quantization gets
+    // 98.6% (min/max) to 99.4% (percentile) on the same images. The bound below guards
+    // against regressions from there.
+    for (name, min_agreement) in [("resnet20", 0.99), ("mobilenetv2", 0.987)] {
         let onnx = fixtures().join(format!("{name}.onnx"));
         let want = read_f32(&fixtures().join(format!("{name}.ort-logits.f32")));
         let n = want.len() / 10;

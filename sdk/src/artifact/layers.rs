@@ -19,9 +19,12 @@
 //! with `panels = ceil(out_g / 16)` and `cin_g = in / groups`, `out_g = out / groups`;
 //! the lanes and channels past the layer's are zero.
 //!
-//! int8 weights are symmetric per output channel and use 7 bits (`-64..=64`), so that
-//! the AVX2 kernel's `vpmaddubsw` (u8 activation x i8 weight, pairs summed in i16) can
-//! never saturate: `255 * 64 * 2 < 2^15`.
+//! int8 weights are symmetric per output channel. Layers that run on the tile kernels
+//! use 7 bits (`-64..=64`), so that the AVX2 kernel's `vpmaddubsw` (u8 activation x i8
+//! weight, pairs summed in i16) can never saturate: `255 * 64 * 2 < 2^15`. Depthwise
+//! layers ([`LayerShape::is_depthwise`]) run on their own op, which sums exactly in f32,
+//! and use 8 bits (`-127..=127`, format version 3): a filter of 9 weights loses the
+//! most to a coarse grid.
 
 use super::{Artifact, DType, TensorData};
 use crate::{Error, Result};
@@ -30,10 +33,17 @@ use crate::{Error, Result};
 pub const PANEL: usize = 16;
 /// Input channels per int8 lane (one 32-bit group of bytes).
 pub const QUAD: usize = 4;
-/// The largest magnitude of a stored int8 weight.
+/// The largest magnitude of a stored int8 weight of a layer on the tile kernels.
 pub const WEIGHT_MAX: i8 = 64;
-/// Bits of the int8 weights (recorded in the graph as `weight_bits`).
+/// The largest magnitude of a stored int8 weight of a depthwise layer.
+pub const DEPTHWISE_WEIGHT_MAX: i8 = 127;
+/// Bits of the tile kernels' int8 weights (recorded in the graph as `weight_bits`; the
+/// depthwise layers' 8 bits follow from their shapes).
 pub const WEIGHT_BITS: u8 = 7;
+/// The largest window of a depthwise layer: exact f32 sums of u8 codes times 8-bit
+/// weights over it, `512 * 255 * 127 < 2^24`. Larger windows are not depthwise layers
+/// here (they run on the tile kernels, with 7-bit weights).
+pub const MAX_DEPTHWISE_POSITIONS: usize = 512;
 
 /// Tensor names of weighted node `node`: `<node>.weight`, ... (the only place they are
 /// spelled).
@@ -83,6 +93,24 @@ impl LayerShape {
     /// Kernel window positions `kh * kw`.
     pub fn positions(&self) -> usize {
         self.kernel[0] * self.kernel[1]
+    }
+    /// One filter per channel (`groups == in == out channels`, more than one) over a
+    /// window of at most [`MAX_DEPTHWISE_POSITIONS`]: runs on the CPU's depthwise op
+    /// and stores 8-bit int8 weights.
+    pub fn is_depthwise(&self) -> bool {
+        self.groups > 1
+            && self.groups == self.cin
+            && self.out == self.cin
+            && self.positions() <= MAX_DEPTHWISE_POSITIONS
+    }
+    /// The largest magnitude of this layer's int8 weight codes: [`DEPTHWISE_WEIGHT_MAX`]
+    /// for depthwise layers, [`WEIGHT_MAX`] otherwise.
+    pub fn weight_max(&self) -> i8 {
+        if self.is_depthwise() {
+            DEPTHWISE_WEIGHT_MAX
+        } else {
+            WEIGHT_MAX
+        }
     }
     /// Reduction length of one output value, `cin_g * kh * kw`.
     pub fn k(&self) -> usize {
@@ -189,7 +217,7 @@ pub struct FloatLayer {
 pub struct QuantLayer {
     /// Its shape.
     pub shape: LayerShape,
-    /// Codes `[out][cin_g][kh][kw]` in `-WEIGHT_MAX..=WEIGHT_MAX`.
+    /// Codes `[out][cin_g][kh][kw]` in `-m..=m`, `m = shape.weight_max()`.
     pub codes: Vec<i8>,
     /// Per output channel: real weight = `scale * code`.
     pub scale: Vec<f32>,
@@ -212,16 +240,16 @@ impl FloatLayer {
         Ok(())
     }
 
-    /// Symmetric per-output-channel quantization to [`WEIGHT_BITS`]-bit codes: each
-    /// row's largest magnitude maps to [`WEIGHT_MAX`]; an all-zero row gets scale 1.
+    /// Symmetric per-output-channel quantization: each row's largest magnitude maps to
+    /// the shape's [`LayerShape::weight_max`]; an all-zero row gets scale 1.
     pub fn quantize(&self) -> QuantLayer {
         let k = self.shape.k().max(1);
         let mut codes = Vec::with_capacity(self.weight.len());
         let (mut scale, mut sum) = (Vec::new(), Vec::new());
+        let m = f32::from(self.shape.weight_max());
         for row in self.weight.chunks(k) {
             let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let s = if max > 0.0 && max.is_finite() { max / f32::from(WEIGHT_MAX) } else { 1.0 };
-            let m = f32::from(WEIGHT_MAX);
+            let s = if max > 0.0 && max.is_finite() { max / m } else { 1.0 };
             let q: Vec<i8> = row.iter().map(|v| (v / s).round().clamp(-m, m) as i8).collect();
             sum.push(q.iter().map(|&v| i32::from(v)).sum());
             codes.extend(q);

@@ -8,8 +8,8 @@ use std::path::Path;
 
 use serde::de::DeserializeOwned;
 
-use super::layers::{names, StoredLayer, WEIGHT_MAX};
-use super::schema::{keys, Graph, Precision, FORMAT_NAME, FORMAT_VERSION};
+use super::layers::{names, StoredLayer};
+use super::schema::{keys, Graph, Precision, FORMAT_NAME, FORMAT_VERSION, OLDEST_FORMAT_VERSION};
 use super::validate::{validate_graph, GraphInfo};
 use super::{checksum, DType, ModelMetadata};
 use crate::{Error, Result};
@@ -135,7 +135,7 @@ impl Artifact {
             None => return Err(Error::metadata(keys::FORMAT, "missing (not a cifar-edge model)")),
         }
         let version = meta.get(keys::VERSION).ok_or_else(|| Error::metadata(keys::VERSION, "missing"))?;
-        if version.parse::<u32>().ok() != Some(FORMAT_VERSION) {
+        if !version.parse::<u32>().is_ok_and(|v| (OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&v)) {
             return Err(Error::UnsupportedVersion { found: version.clone(), supported: FORMAT_VERSION });
         }
 
@@ -240,9 +240,9 @@ impl Artifact {
                 if self.f32s(&scale)?.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
                     return Err(Error::tensor(&scale, "holds a scale that is not finite and positive"));
                 }
-                let max = WEIGHT_MAX;
+                let max = shape.weight_max();
                 if self.i8s(&weight)?.iter().any(|&v| !(-max..=max).contains(&v)) {
-                    return Err(Error::tensor(&weight, format!("holds a code outside -{max}..={max} (7-bit weights)")));
+                    return Err(Error::tensor(&weight, format!("holds a code outside -{max}..={max}")));
                 }
             } else if self.f32s(&weight)?.iter().any(|v| !v.is_finite()) {
                 return Err(Error::tensor(&weight, "holds a non-finite value"));

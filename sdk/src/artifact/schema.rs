@@ -9,12 +9,18 @@ use crate::preprocess::Normalization;
 
 /// The `format` metadata value of every model file.
 pub const FORMAT_NAME: &str = "cifar-edge-model";
-/// The format version this SDK writes and reads. Readers refuse other versions.
+/// The format version this SDK writes. Readers take [`OLDEST_FORMAT_VERSION`] to this
+/// one and refuse others.
 ///
 /// - 1: weights as plain `[out][in * kh * kw]` rows, 8-bit int8 weights.
 /// - 2: weights packed in the CPU kernels' layout, 7-bit int8 weights
 ///   ([`super::layers`]); activations NHWC.
-pub const FORMAT_VERSION: u32 = 2;
+/// - 3: as 2, but depthwise layers' int8 weights use 8 bits
+///   ([`super::layers::LayerShape::weight_max`]). A version-2 file is a valid
+///   version-3 file.
+pub const FORMAT_VERSION: u32 = 3;
+/// The oldest format version this SDK reads.
+pub const OLDEST_FORMAT_VERSION: u32 = 2;
 
 /// Metadata keys.
 pub mod keys {
@@ -126,7 +132,8 @@ pub struct Graph {
     /// Quantization of the normalized input (int8 graphs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_quant: Option<QuantParams>,
-    /// Bits of the int8 weights (int8 graphs): 7, see [`super::layers`].
+    /// Bits of the int8 weights on the tile kernels (int8 graphs): 7, see
+    /// [`super::layers`] (depthwise layers' 8 bits follow from their shapes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight_bits: Option<u8>,
     /// The nodes, in execution order.

@@ -137,9 +137,10 @@ pub fn int8_in_memory(
     let float = fold::fold(&cfg.model, weights)?;
     let meta = metadata(&float, data);
     let f32_model = Model::from_bytes(&quant::f32_writer(&float, meta.clone())?.to_bytes()?, &sdk_options())?;
-    let cal = quant::calibrate(&f32_model, data.split.as_ref(), &calibration_images(data, 1000))?;
+    let cal = quant::calibrate(&f32_model, &float, data.split.as_ref(), &calibration_images(data, 1000))?;
     let iq = quant::input_quant(&meta.preprocessing.normalization);
-    let w = quant::int8_writer(&float, iq, &quant::activation_quant(&cal, quant::Method::MinMax), meta)?;
+    let quant = quant::activation_quant(&cal, quant::Method::MinMax);
+    let w = quant::int8_writer(&float, iq, &quant, &cal.channel_means, meta)?;
     Ok(Model::from_bytes(&w.to_bytes()?, &sdk_options())?)
 }
 
@@ -171,13 +172,14 @@ pub fn best_int8(
     calib: &[u32],
     val: &[u32],
 ) -> Result<Int8Choice> {
-    let cal = quant::calibrate(f32_model, split, calib)?;
+    let cal = quant::calibrate(f32_model, float, split, calib)?;
     let iq = quant::input_quant(&meta.preprocessing.normalization);
     let classes = f32_model.classes();
     let mut best: Option<Int8Choice> = None;
     let mut accuracies = [0.0; 3];
     for (k, method) in [quant::Method::MinMax, quant::Method::Percentile, quant::Method::Mse].into_iter().enumerate() {
-        let w = quant::int8_writer(float, iq, &quant::activation_quant(&cal, method), meta.clone())?;
+        let quant = quant::activation_quant(&cal, method);
+        let w = quant::int8_writer(float, iq, &quant, &cal.channel_means, meta.clone())?;
         let m = Model::from_bytes(&w.to_bytes()?, &sdk_options())?;
         let logits = eval::sdk_logits(&m, split, val, Tta::None)?;
         let acc = accuracy(&logits, classes, split, val);

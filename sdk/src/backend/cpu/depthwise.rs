@@ -6,8 +6,9 @@
 //!
 //! The filters are repacked once, when the op is built, from the file's packed panels
 //! into `[window position][channel]` (f32 weights, or int8 codes as f32: products of a
-//! u8 code and a 7-bit weight summed over a window stay exact in f32 far past any real
-//! kernel size). One generic body ([`pixel`]) is compiled twice: portable, and on x86
+//! u8 code and an 8-bit weight summed over a window of up to
+//! [`MAX_DEPTHWISE_POSITIONS`](crate::artifact::layers::MAX_DEPTHWISE_POSITIONS)
+//! positions stay exact in f32). One generic body ([`pixel`]) is compiled twice: portable, and on x86
 //! with AVX2 and FMA enabled where the kernel table says the CPU has them.
 
 use std::ops::Range;
@@ -28,15 +29,11 @@ enum RowOut<'a> {
     U8(&'a mut [u8], f32, f32),
 }
 
-/// Whether a convolution of `shape` runs as a [`Depthwise`].
-/// Windows of up to [`MAX_POSITIONS`] positions: int8 window sums (u8 codes times 7-bit
-/// weights) stay exact in f32 up to there; larger ones run on the dense kernels.
+/// Whether a convolution of `shape` runs as a [`Depthwise`] (the layer module owns the
+/// rule: it also sets these layers' weight precision).
 pub(crate) fn is_depthwise(shape: &LayerShape) -> bool {
-    shape.groups > 1 && shape.groups == shape.cin && shape.out == shape.cin && shape.positions() <= MAX_POSITIONS
+    shape.is_depthwise()
 }
-
-/// The largest window [`Depthwise`] takes: `1024 * 255 * 64 < 2^24`.
-const MAX_POSITIONS: usize = 1024;
 
 /// A depthwise convolution ready to run.
 #[derive(Debug)]
