@@ -4,7 +4,11 @@
 # with cargo-llvm-cov and Debian's llvm-<N> (N = rustc's LLVM major version, so the
 # profile format matches). By hand, not in CI: it rebuilds the workspace instrumented
 # (28 minutes with one build job) and runs the suite, which is several times slower
-# instrumented (the ONNX import test alone: 29 minutes); plan on 1.5 hours on 2 cores.
+# instrumented. One test is left out: the ONNX import's real-data comparison
+# (`imported_models_give_onnx_runtime_logits`, 29 minutes instrumented against half a
+# minute normally: counters in the SDK's hot kernel loops over 2 x 5,000 images); the
+# import, calibration and writing code it runs is also run by the other import and
+# compile tests. Plan on an hour on 2 cores.
 #
 #   scripts/coverage.sh        -> target/coverage/summary.txt (per file), a table of the
 #                                 totals per crate and the least covered files
@@ -37,7 +41,7 @@ out=target/coverage
 mkdir -p "$out"
 started=$SECONDS
 cargo llvm-cov clean --workspace
-cargo llvm-cov --no-report --release --locked --workspace
+cargo llvm-cov --no-report --release --locked --workspace -- --skip imported_models_give_onnx_runtime_logits
 cargo llvm-cov --no-report --release --locked -p cifar-sdk --features candle --test device_engine
 # Generated code (protobuf) and the fuzz harness are not what the figure is about.
 ignore='(/\.cargo/|/rustc/|/target/|fuzz/)'

@@ -53,10 +53,9 @@ fn server() -> &'static Server {
         args.extend(["--request-timeout-ms".into(), "5000".into()]);
         args.extend(["--max-queue-delay-us".into(), "0".into(), "--model".into(), file.display().to_string()]);
         let config = cifar_server::config::Config::try_parse_from(args).unwrap_or_else(|e| panic!("{e}"));
-        let (_, threads) = config.worker_threads();
-        let options = cifar_sdk::ModelOptions { device: config.device, threads, max_batch: config.max_batch as usize };
-        let repository = cifar_server::repository::Repository::open_file(file.clone(), config.served_name(), options)
-            .unwrap_or_else(|e| panic!("cannot serve the fixture: {e}"));
+        let repository = runtime
+            .block_on(cifar_server::open_repository(&config))
+            .unwrap_or_else(|e| panic!("cannot serve the fixture: {e:#}"));
         // The model is mapped: its file is no longer needed (nothing reloads it here).
         let _ = std::fs::remove_dir_all(&dir);
         let keys = cifar_server::auth::Keys::load(&config).unwrap_or_else(|e| panic!("{e}"));

@@ -153,6 +153,22 @@ pub fn shared_state(config: Config, repository: Repository, keys: auth::Keys) ->
     Ok(Arc::new(Shared { config, repository, batcher, telemetry, keys, shutting_down: AtomicBool::new(false) }))
 }
 
+/// The models `config` names (`--model`, fetched first where it is a URL, or
+/// `--model-repository`), opened with its device, threads per worker and batch size.
+pub async fn open_repository(config: &Config) -> anyhow::Result<Repository> {
+    let (_, threads) = config.worker_threads();
+    let options = ModelOptions { device: config.device, threads, max_batch: config.max_batch as usize };
+    match (&config.model, &config.model_repository) {
+        (Some(file), _) => {
+            let file = local_model(file).await?;
+            Repository::open_file(file.clone(), config.served_name(), options)
+                .with_context(|| format!("cannot serve {}", file.display()))
+        }
+        (None, Some(dir)) => Repository::open_dir(dir.clone(), options).await,
+        (None, None) => anyhow::bail!("give --model FILE or --model-repository DIR"),
+    }
+}
+
 /// Opens the model, starts the workers, listens, and serves until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let keys = auth::Keys::load(&config)?;
@@ -161,16 +177,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         _ => None,
     };
     let (workers, threads) = config.worker_threads();
-    let options = ModelOptions { device: config.device, threads, max_batch: config.max_batch as usize };
-    let repository = match (&config.model, &config.model_repository) {
-        (Some(file), _) => {
-            let file = local_model(file).await?;
-            Repository::open_file(file.clone(), config.served_name(), options)
-                .with_context(|| format!("cannot serve {}", file.display()))?
-        }
-        (None, Some(dir)) => Repository::open_dir(dir.clone(), options).await?,
-        (None, None) => anyhow::bail!("give --model FILE or --model-repository DIR"),
-    };
+    let repository = open_repository(&config).await?;
     for model in repository.all() {
         tracing::info!(
             model = %model.name,
