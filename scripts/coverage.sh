@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# Line coverage of the Rust test suite: every `cargo test` of scripts/test.sh (with its
-# real MLflow, S3 and Prometheus servers), the binaries the tests start included, measured
+# Line coverage of the Rust code under the test suite: every `cargo test` of
+# scripts/test.sh (with its real MLflow, S3 and Prometheus servers), the binaries the
+# tests start included, and the C/C++/Python binding tests and the Triton client test
+# against the instrumented library and server, measured
 # with cargo-llvm-cov and Debian's llvm-<N> (N = rustc's LLVM major version, so the
 # profile format matches). By hand, not in CI: it rebuilds the workspace instrumented
-# (28 minutes with one build job) and runs the suite, which is several times slower
-# instrumented. One test is left out: the ONNX import's real-data comparison
+# and runs the suite, several times slower instrumented than normally.
+# One test is left out: the ONNX import's real-data comparison
 # (`imported_models_give_onnx_runtime_logits`, 29 minutes instrumented against half a
 # minute normally: counters in the SDK's hot kernel loops over 2 x 5,000 images); the
 # import, calibration and writing code it runs is also run by the other import and
-# compile tests. Plan on an hour on 2 cores.
+# compile tests. About 25 minutes on 2 cores from an empty target folder (18 when the
+# dependencies are built).
 #
-#   scripts/coverage.sh        -> target/coverage/summary.txt (per file), a table of the
-#                                 totals per crate and the least covered files
+#   scripts/coverage.sh        -> target/coverage/summary.txt (per file, the Rust
+#                                 binaries' view), libcifar.json (the C ABI's files, from
+#                                 the library), a table of the totals per crate and the
+#                                 least covered files
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -43,21 +48,37 @@ started=$SECONDS
 cargo llvm-cov clean --workspace
 cargo llvm-cov --no-report --release --locked --workspace -- --skip imported_models_give_onnx_runtime_logits
 cargo llvm-cov --no-report --release --locked -p cifar-sdk --features candle --test device_engine
+# The tests outside cargo run the instrumented builds too: the C ABI's C, C++ and Python
+# tests (libcifar.so and .a) and the real Triton client against cifar-serve.
+(
+  source <(cargo llvm-cov show-env --sh --release 2>/dev/null)
+  export CARGO_TARGET_DIR="$PWD/target/llvm-cov-target"
+  export LLVM_PROFILE_FILE="$CARGO_TARGET_DIR/cifar-edge-external-%p-%16m.profraw"
+  scripts/test-bindings.sh
+  scripts/test-triton.sh
+)
 # Generated code (protobuf) and the fuzz harness are not what the figure is about.
 ignore='(/\.cargo/|/rustc/|/target/|fuzz/)'
 cargo llvm-cov report --release --ignore-filename-regex "$ignore" --summary-only >"$out/summary.txt"
 cargo llvm-cov report --release --ignore-filename-regex "$ignore" --json --summary-only --output-path "$out/summary.json"
+# cargo-llvm-cov reads the Rust binaries, not libcifar.so, the only object holding the
+# C ABI's exported functions: the C ABI's files are counted from the library itself.
+"llvm-cov-$llvm" export -summary-only -instr-profile="$(ls target/llvm-cov-target/*.profdata | head -1)" \
+  --ignore-filename-regex "$ignore" target/llvm-cov-target/release/libcifar.so >"$out/libcifar.json"
 echo "coverage: measured in $(( (SECONDS - started) / 60 )) min; per file: $out/summary.txt" >&2
 
-python3 - "$out/summary.json" "$PWD" <<'EOF'
+python3 - "$out/summary.json" "$out/libcifar.json" "$PWD" <<'EOF'
 import json, sys, collections
 data = json.load(open(sys.argv[1]))["data"][0]
-root = sys.argv[2].rstrip("/") + "/"
-t = data["totals"]["lines"]
-print(f"total: {t['covered']}/{t['count']} lines covered, {t['percent']:.1f}%")
+root = sys.argv[3].rstrip("/") + "/"
+ffi = [f for f in json.load(open(sys.argv[2]))["data"][0]["files"] if f["filename"].startswith(root + "ffi/")]
+rows = [f for f in data["files"] if not f["filename"].startswith(root + "ffi/")] + ffi
+covered = sum(f["summary"]["lines"]["covered"] for f in rows)
+count = sum(f["summary"]["lines"]["count"] for f in rows)
+print(f"total: {covered}/{count} lines covered, {100 * covered / max(count, 1):.1f}%")
 crates = collections.defaultdict(lambda: [0, 0])
 files = []
-for f in data["files"]:
+for f in rows:
     name = f["filename"].replace(root, "")
     lines = f["summary"]["lines"]
     crate = name.split("/")[0]
