@@ -50,10 +50,14 @@ cargo llvm-cov --no-report --release --locked --workspace -- --skip imported_mod
 cargo llvm-cov --no-report --release --locked -p cifar-sdk --features candle --test device_engine
 # The tests outside cargo run the instrumented builds too: the C ABI's C, C++ and Python
 # tests (libcifar.so and .a) and the real Triton client against cifar-serve.
+# (cargo-llvm-cov builds under <cargo's target folder>/llvm-cov-target.)
+source scripts/target-dir.sh
+cov="$target/llvm-cov-target"
 (
-  source <(cargo llvm-cov show-env --sh --release 2>/dev/null)
-  export CARGO_TARGET_DIR="$PWD/target/llvm-cov-target"
-  export LLVM_PROFILE_FILE="$CARGO_TARGET_DIR/cifar-edge-external-%p-%16m.profraw"
+  cov_env=$(cargo llvm-cov show-env --sh --release)
+  eval "$cov_env"
+  export CARGO_TARGET_DIR="$cov"
+  export LLVM_PROFILE_FILE="$cov/cifar-edge-external-%p-%16m.profraw"
   scripts/test-bindings.sh
   scripts/test-triton.sh
 )
@@ -63,8 +67,9 @@ cargo llvm-cov report --release --ignore-filename-regex "$ignore" --summary-only
 cargo llvm-cov report --release --ignore-filename-regex "$ignore" --json --summary-only --output-path "$out/summary.json"
 # cargo-llvm-cov reads the Rust binaries, not libcifar.so, the only object holding the
 # C ABI's exported functions: the C ABI's files are counted from the library itself.
-"llvm-cov-$llvm" export -summary-only -instr-profile="$(ls target/llvm-cov-target/*.profdata | head -1)" \
-  --ignore-filename-regex "$ignore" target/llvm-cov-target/release/libcifar.so >"$out/libcifar.json"
+profdata=$(ls "$cov"/*.profdata | head -1)
+"llvm-cov-$llvm" export -summary-only -instr-profile="$profdata" \
+  --ignore-filename-regex "$ignore" "$cov/release/libcifar.so" >"$out/libcifar.json"
 echo "coverage: measured in $(( (SECONDS - started) / 60 )) min; per file: $out/summary.txt" >&2
 
 python3 - "$out/summary.json" "$out/libcifar.json" "$PWD" <<'EOF'

@@ -1,5 +1,6 @@
 //! x86-64 builds of the kernels: AVX2 + FMA (f32 with `vfmadd231ps`; int8 with
-//! `vpmaddubsw` + `vpmaddwd`, exact because the weights are 7-bit), and AVX-512 VNNI
+//! `vpmaddubsw` + `vpmaddwd`, exact because the tile layers' weights are 7-bit; depthwise
+//! layers' 8-bit weights run on their own op), and AVX-512 VNNI
 //! (int8 with `vpdpbusd` on 256-bit registers: one instruction per 32 multiply-adds).
 //!
 //! Every tile keeps [`MR`] x [`PANEL`] accumulators in twelve registers for the whole
