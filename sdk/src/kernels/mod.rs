@@ -116,6 +116,87 @@ pub struct AddU8<'a> {
     pub act: Activation,
 }
 
+/// Where a [`DepthwiseRow`] stores its results.
+#[derive(Debug, Clone, Copy)]
+pub enum RowStore {
+    /// u8 codes `clamp(round(y / scale + zero_point))`: `inv_scale = 1 / scale`.
+    Codes {
+        /// The row's output; pixel `p`'s channels start at `out_pix[p] - out_origin`.
+        output: *mut u8,
+        /// `1 / scale` of the output encoding.
+        inv_scale: f32,
+        /// The output zero point.
+        zero_point: f32,
+    },
+    /// The real values.
+    Real {
+        /// As for `Codes`.
+        output: *mut f32,
+    },
+}
+
+/// The input of a [`DepthwiseRow`].
+#[derive(Debug, Clone, Copy)]
+pub enum RowInput {
+    /// f32 values.
+    F32(*const f32),
+    /// u8 codes (an int8 layer's), widened to f32 as they are read.
+    U8(*const u8),
+}
+
+/// One row of a depthwise convolution (one filter per channel, values NHWC): for every
+/// pixel `p` and channel `c < channels`, `acc = sum over k of input[in_pix[p] -
+/// in_origin + koffs[k] + c] * weights[k * channels + c]` (fused multiply-adds in window
+/// order), then `y = act(acc * mult[c] + offset[c])`, stored as [`RowStore`] says.
+///
+/// int8 layers run it on their u8 codes, each widened to f32 as it is read, and their
+/// weight codes: every product and partial sum is then an integer below 2^24 (at most
+/// [`MAX_DEPTHWISE_POSITIONS`](crate::artifact::layers::MAX_DEPTHWISE_POSITIONS)
+/// positions of 255 x 127), exact in f32. (Widening a row's input ahead into an f32
+/// buffer, to convert each code once rather than once per window position reading it,
+/// measured slower: the buffer is four times the bytes.) f32 layers have `mult` 1 and
+/// `offset` the bias.
+#[derive(Debug)]
+pub struct DepthwiseRow<'a> {
+    /// The input values; pixel `p`'s window starts at `in_pix[p] - in_origin`.
+    pub input: RowInput,
+    /// Per pixel: where its window's first value is, plus `in_origin`.
+    pub in_pix: &'a [usize],
+    /// Subtracted from every `in_pix` (where `input` starts).
+    pub in_origin: usize,
+    /// Per window position: its offset from the window's first value.
+    pub koffs: &'a [usize],
+    /// `[position][channel]`.
+    pub weights: &'a [f32],
+    /// Channels (of the input, the output and the filters).
+    pub channels: usize,
+    /// Per channel: the sums' scale (int8: input scale x weight scale; f32: 1).
+    pub mult: &'a [f32],
+    /// Per channel: the bias (int8: minus the input zero point's contribution).
+    pub offset: &'a [f32],
+    /// Fused activation.
+    pub act: Activation,
+    /// Per pixel (as many as `in_pix`): where its channels go, plus `out_origin`.
+    pub out_pix: &'a [usize],
+    /// Subtracted from every `out_pix` (the row's first pixel, when the store's pointer
+    /// is at it).
+    pub out_origin: usize,
+    /// Where the results go.
+    pub store: RowStore,
+}
+
+impl DepthwiseRow<'_> {
+    /// Whether the slices agree with `channels` (the kernels do nothing otherwise).
+    pub fn consistent(&self) -> bool {
+        self.weights.len() >= self.koffs.len() * self.channels
+            && self.mult.len() >= self.channels
+            && self.offset.len() >= self.channels
+            && self.in_pix.len() == self.out_pix.len()
+            && self.in_pix.iter().all(|&i| i >= self.in_origin)
+            && self.out_pix.iter().all(|&o| o >= self.out_origin)
+    }
+}
+
 /// The kernel table: one implementation of each hot kernel.
 #[derive(Debug, Clone, Copy)]
 pub struct Kernels {
@@ -133,6 +214,12 @@ pub struct Kernels {
     /// # Safety
     /// As for `conv_f32`, with 4 bytes read at every `koffs`.
     pub conv_u8: unsafe fn(&ConvTileU8<'_>),
+    /// A row of a depthwise convolution.
+    ///
+    /// # Safety
+    /// `channels` values at every `input + in_pix[p] - in_origin + koffs[k]`, and `channels` values
+    /// (bytes or f32) at every output position of the store must be valid.
+    pub depthwise: unsafe fn(&DepthwiseRow<'_>),
     /// The int8 elementwise add.
     ///
     /// # Safety

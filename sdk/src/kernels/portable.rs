@@ -4,11 +4,11 @@
 //! [`super::act`], and every SIMD build does the same operations in the same order.
 
 use super::act::{activate, quantize_code};
-use super::{ConvTileF32, ConvTileU8, Kernels, StoreU8, MR, PANEL};
+use super::{ConvTileF32, ConvTileU8, DepthwiseRow, Kernels, RowInput, RowStore, StoreU8, MR, PANEL};
 use crate::artifact::layers::QUAD;
 
 /// The portable table.
-pub static KERNELS: Kernels = Kernels { name: "portable", conv_f32, conv_u8, add_u8, act_f32 };
+pub static KERNELS: Kernels = Kernels { name: "portable", conv_f32, conv_u8, depthwise, add_u8, act_f32 };
 
 /// # Safety
 /// None (a safe body; `unsafe` for the table's signature).
@@ -100,6 +100,49 @@ unsafe fn conv_u8(t: &ConvTileU8<'_>) {
                         unsafe { *out.add(lane) = y };
                     }
                 }
+            }
+        }
+    }
+}
+
+/// # Safety
+/// See [`Kernels::depthwise`].
+unsafe fn depthwise(t: &DepthwiseRow<'_>) {
+    match t.input {
+        // SAFETY: the same contract.
+        RowInput::F32(x) => unsafe { depthwise_from(t, x) },
+        // SAFETY: the same contract.
+        RowInput::U8(x) => unsafe { depthwise_from(t, x) },
+    }
+}
+
+/// [`depthwise`] reading `x` (the row's input) as f32.
+///
+/// # Safety
+/// See [`Kernels::depthwise`].
+unsafe fn depthwise_from<T: Copy + Into<f32>>(t: &DepthwiseRow<'_>, x: *const T) {
+    if !t.consistent() {
+        return;
+    }
+    let c = t.channels;
+    for (&ip, &op) in t.in_pix.iter().zip(t.out_pix) {
+        let (ip, at) = (ip - t.in_origin, op - t.out_origin);
+        for ch in 0..c {
+            let mut acc = 0f32;
+            for (k, &koff) in t.koffs.iter().enumerate() {
+                // SAFETY: the caller guarantees `channels` values at each window position.
+                let v: f32 = unsafe { *x.add(ip + koff + ch) }.into();
+                acc = v.mul_add(t.weights.get(k * c + ch).copied().unwrap_or(0.0), acc);
+            }
+            let (m, o) = (t.mult.get(ch).copied().unwrap_or(0.0), t.offset.get(ch).copied().unwrap_or(0.0));
+            let y = activate(t.act, acc * m + o);
+            match t.store {
+                // SAFETY: the caller guarantees `channels` writable values at each pixel's output.
+                RowStore::Codes { output, inv_scale, zero_point } => unsafe {
+                    *output.add(at + ch) = quantize_code(y, inv_scale, zero_point);
+                },
+                // SAFETY: as above.
+                RowStore::Real { output } => unsafe { *output.add(at + ch) = y },
             }
         }
     }

@@ -3,7 +3,7 @@
 //! portable build, which must agree bit for bit. `kernel_tests!(name, TABLE)` runs it
 //! as property tests for one table; implementations the CPU lacks are skipped.
 
-use super::{ConvTileF32, ConvTileU8, Kernels, StoreU8, MR, PANEL};
+use super::{ConvTileF32, ConvTileU8, DepthwiseRow, Kernels, RowInput, RowStore, StoreU8, MR, PANEL};
 use crate::artifact::layers::QUAD;
 use crate::artifact::Activation;
 
@@ -137,6 +137,76 @@ pub fn run_u8(k: &Kernels, c: &Case) -> Vec<u32> {
     }
 }
 
+/// Runs a depthwise row for a case: `pixels` pixels of `depth + lanes` channels, windows
+/// of `positions` positions `spacing` apart (at least a pixel's channels), pixels
+/// `pixel_stride` apart, counted from an origin of `act` (`in_origin`). With `codes`
+/// (an int8 layer), u8 inputs, 8-bit weight codes as f32 and code outputs; with
+/// `extreme`, every input 255 and every weight +-127; otherwise f32 reals. Returns the
+/// stored bytes or values as bits.
+pub fn run_depthwise(k: &Kernels, c: &Case) -> Vec<u32> {
+    let mut next = rng(c.seed ^ 0xD1);
+    let mut uniform = move || (next() % 2001) as f32 / 1000.0 - 1.0;
+    let channels = c.depth + c.lanes;
+    let spacing = c.spacing.max(channels);
+    let koffs: Vec<usize> = (0..c.positions).map(|p| p * spacing).collect();
+    let origin = usize::from(c.act);
+    let in_pix: Vec<usize> = (0..c.pixels).map(|i| origin + i * c.pixel_stride).collect();
+    let input_len = (c.pixels - 1) * c.pixel_stride + (c.positions - 1) * spacing + channels;
+    let mut code = |max: f32| (uniform() * max).round();
+    // u8 codes for an int8 layer, reals otherwise.
+    let codes_in: Vec<u8> =
+        (0..input_len).map(|_| if c.extreme { 255 } else { (code(128.0) + 127.0).max(0.0) as u8 }).collect();
+    let reals_in: Vec<f32> = (0..input_len).map(|_| code(1e6) / 1e6).collect();
+    let input = if c.codes || c.extreme {
+        RowInput::U8(codes_in.as_ptr())
+    } else {
+        RowInput::F32(reals_in.as_ptr())
+    };
+    let weights: Vec<f32> = (0..c.positions * channels)
+        .map(|i| match (c.extreme, c.codes) {
+            (true, _) => if i % 3 == 0 { -127.0 } else { 127.0 },
+            (false, true) => code(127.0),
+            (false, false) => code(1e6) / 1e6,
+        })
+        .collect();
+    let mut next = rng(c.seed ^ 0xD2);
+    let k_len = c.positions as f32;
+    let (mult, offset): (Vec<f32>, Vec<f32>) = (0..channels)
+        .map(|_| ((1 + next() % 100) as f32 / (2000.0 * k_len), (next() % 2001) as f32 / 500.0 - 2.0))
+        .unzip();
+    // Outputs after a gap of 3 values, so that the origin is exercised.
+    let out_pix: Vec<usize> = (0..c.pixels).map(|i| 3 + i * channels).collect();
+    let mut codes = vec![0xA5u8; c.pixels * channels];
+    let mut reals = vec![f32::NAN; c.pixels * channels];
+    let store = if c.codes {
+        RowStore::Codes { output: codes.as_mut_ptr(), inv_scale: 40.0, zero_point: 97.0 }
+    } else {
+        RowStore::Real { output: reals.as_mut_ptr() }
+    };
+    let row = DepthwiseRow {
+        input,
+        in_pix: &in_pix,
+        in_origin: origin,
+        koffs: &koffs,
+        weights: &weights,
+        channels,
+        mult: &mult,
+        offset: &offset,
+        act: act(c.act),
+        out_pix: &out_pix,
+        out_origin: 3,
+        store,
+    };
+    assert!(row.consistent());
+    // SAFETY: the buffers above cover every window and every pixel's outputs.
+    unsafe { (k.depthwise)(&row) };
+    if c.codes {
+        codes.iter().map(|&v| u32::from(v)).collect()
+    } else {
+        reals.iter().map(|v| v.to_bits()).collect()
+    }
+}
+
 /// Runs the activation of a case over values around the interesting range.
 pub fn run_act(k: &Kernels, c: &Case) -> Vec<u32> {
     let mut next = rng(c.seed);
@@ -178,6 +248,9 @@ pub fn check(k: &Kernels, c: &Case) -> Result<(), String> {
     }
     if run_u8(k, c) != run_u8(p, c) {
         return Err(format!("{}: conv_u8 differs from the portable build on {c:?}", k.name));
+    }
+    if run_depthwise(k, c) != run_depthwise(p, c) {
+        return Err(format!("{}: depthwise_u8 differs from the portable build on {c:?}", k.name));
     }
     Ok(())
 }

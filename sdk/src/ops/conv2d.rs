@@ -96,7 +96,7 @@ impl OpSpec for Conv2d {
         let shape = self.layer(&[[b.input(0)?.c, 0, 0]]).ok_or_else(|| Error::Internal("conv2d layer".into()))?;
         let out = b.output;
         let win = Window { stride: self.stride, padding: self.padding, out_hw: [out.h, out.w] };
-        if crate::backend::cpu::depthwise::is_depthwise(&shape) {
+        if shape.is_depthwise() {
             return Ok(Box::new(crate::backend::cpu::depthwise::Depthwise::new(b, shape, win, self.act)?));
         }
         Ok(Box::new(Conv::new(b, shape, win, self.act)?))

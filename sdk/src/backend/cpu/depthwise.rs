@@ -5,11 +5,9 @@
 //! channels (values are NHWC, so a pixel's channels are contiguous).
 //!
 //! The filters are repacked once, when the op is built, from the file's packed panels
-//! into `[window position][channel]` (f32 weights, or int8 codes as f32: products of a
-//! u8 code and an 8-bit weight summed over a window of up to
-//! [`MAX_DEPTHWISE_POSITIONS`](crate::artifact::layers::MAX_DEPTHWISE_POSITIONS)
-//! positions stay exact in f32). One generic body ([`pixel`]) is compiled twice: portable, and on x86
-//! with AVX2 and FMA enabled where the kernel table says the CPU has them.
+//! into `[window position][channel]` (f32 weights, or int8 codes as f32), and each
+//! output row runs on the kernel table's [`depthwise`](crate::kernels::Kernels::depthwise)
+//! row, f32 values or u8 codes (whose sums stay exact in f32).
 
 use std::ops::Range;
 
@@ -17,22 +15,19 @@ use super::conv::{requantization, Requant, Window, WindowPlan};
 use super::{CpuBuild, CpuOp, Elem, Io, ValueLayout};
 use crate::artifact::layers::{LayerShape, StoredLayer};
 use crate::artifact::Activation;
-use crate::kernels::act::{activate, code};
+use crate::kernels::{DepthwiseRow, Kernels, RowInput, RowStore};
 use crate::{Error, Result};
 
-/// Channels accumulated at once (a stack buffer: runs never allocate).
-const CHUNK: usize = 64;
-
-/// One output row of a unit, as the op writes it.
-enum RowOut<'a> {
-    F32(&'a mut [f32]),
-    U8(&'a mut [u8], f32, f32),
+/// The input of a row: one image's values.
+enum RowIn<'a> {
+    F32(&'a [f32]),
+    U8(&'a [u8]),
 }
 
-/// Whether a convolution of `shape` runs as a [`Depthwise`] (the layer module owns the
-/// rule: it also sets these layers' weight precision).
-pub(crate) fn is_depthwise(shape: &LayerShape) -> bool {
-    shape.is_depthwise()
+/// The output of a row: u8 codes (with `1 / scale` and the zero point) or reals.
+enum RowOut<'a> {
+    Codes(&'a mut [u8], f32, f32),
+    Real(&'a mut [f32]),
 }
 
 /// A depthwise convolution ready to run.
@@ -50,8 +45,8 @@ pub(crate) struct Depthwise {
     /// `act(mult * acc + offset)` per channel (f32 layers: `mult` is 1 and `offset` the
     /// bias).
     epilogue: Requant,
-    /// AVX2 and FMA are available (the kernel table is not the portable one).
-    wide: bool,
+    /// The rows' kernel.
+    kernels: &'static Kernels,
 }
 
 impl Depthwise {
@@ -59,7 +54,7 @@ impl Depthwise {
     pub fn new(b: &CpuBuild<'_>, shape: LayerShape, win: Window, act: Activation) -> Result<Self> {
         let name = b.node.name.clone();
         let bad = |what: String| Error::Internal(format!("{name}: {what}"));
-        if !is_depthwise(&shape) {
+        if !shape.is_depthwise() {
             return Err(bad(format!("{shape:?} is not depthwise")));
         }
         let (input, output) = (b.input(0)?, b.output);
@@ -107,7 +102,7 @@ impl Depthwise {
             plan,
             weights,
             epilogue,
-            wide: b.kernels.name != "portable" && has_avx2_fma(),
+            kernels: b.kernels,
         })
     }
 
@@ -116,143 +111,57 @@ impl Depthwise {
     }
 }
 
-/// Whether this CPU has AVX2 and FMA.
-fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// The window sum of channels `c0..c0 + acc.len()` of one output pixel: `acc[i] +=
-/// x[base + koff + c0 + i] * w[k * channels + c0 + i]` over the window positions `k`.
-/// `false` where a read falls outside `x` or `w` (the op's checks rule it out).
-#[inline(always)]
-fn pixel<T: Copy + Into<f32>>(
-    x: &[T],
-    base: usize,
-    koffs: &[usize],
-    w: &[f32],
-    channels: usize,
-    c0: usize,
-    acc: &mut [f32],
-) -> bool {
-    let n = acc.len();
-    for (k, &koff) in koffs.iter().enumerate() {
-        let (Some(xs), Some(ws)) =
-            (x.get(base + koff + c0..base + koff + c0 + n), w.get(k * channels + c0..k * channels + c0 + n))
+impl Depthwise {
+    /// One row on the kernel table, after checking that every read lies in `x` (one
+    /// image) and every write in the row's output (which starts at `row_start`).
+    fn run_row(&self, x: RowIn<'_>, pixels: Range<usize>, row_start: usize, out: RowOut<'_>) -> bool {
+        let c = self.channels;
+        let (Some(in_pix), Some(out_pix)) = (self.plan.in_pix.get(pixels.clone()), self.plan.out_pix.get(pixels))
         else {
             return false;
         };
-        for ((a, &xv), &wv) in acc.iter_mut().zip(xs).zip(ws) {
-            *a += xv.into() * wv;
+        let far = self.plan.offsets.iter().max().copied().unwrap_or(0) + c;
+        let (in_len, input) = match x {
+            RowIn::F32(x) => (x.len(), RowInput::F32(x.as_ptr())),
+            RowIn::U8(x) => (x.len(), RowInput::U8(x.as_ptr())),
+        };
+        let out_len = match &out {
+            RowOut::Codes(y, ..) => y.len(),
+            RowOut::Real(y) => y.len(),
+        };
+        let reads_inside = in_pix.iter().all(|&p| p + far <= in_len);
+        let writes_inside = out_pix.iter().all(|&o| o >= row_start && o - row_start + c <= out_len);
+        if !reads_inside || !writes_inside {
+            return false;
         }
-    }
-    true
-}
-
-/// `v[i] = act(v[i])`, with the activation chosen once per slice (so each loop is one
-/// straight vectorizable body).
-#[inline(always)]
-fn activate_all(act: Activation, v: &mut [f32]) {
-    #[inline(always)]
-    fn each(v: &mut [f32], f: impl Fn(f32) -> f32) {
-        v.iter_mut().for_each(|x| *x = f(*x));
-    }
-    match act {
-        Activation::None => {}
-        Activation::Relu => each(v, |x| activate(Activation::Relu, x)),
-        Activation::Relu6 => each(v, |x| activate(Activation::Relu6, x)),
-        Activation::Hardswish => each(v, |x| activate(Activation::Hardswish, x)),
-        Activation::Sigmoid => each(v, |x| activate(Activation::Sigmoid, x)),
-        Activation::Gelu => each(v, |x| activate(Activation::Gelu, x)),
-    }
-}
-
-/// One output row (`ow` pixels from input offsets `in_pix` of image offset `image_in`,
-/// written at `out_pix - row_start` of `out`): window sums, epilogue, store.
-#[inline(always)]
-fn row<T: Copy + Into<f32>>(
-    op: &Depthwise,
-    x: &[T],
-    image_in: usize,
-    pixels: Range<usize>,
-    row_start: usize,
-    out: RowOut<'_>,
-) -> bool {
-    let c = op.channels;
-    let e = &op.epilogue;
-    let mut acc = [0f32; CHUNK];
-    let mut out = out;
-    for p in pixels {
-        let (Some(&ip), Some(&o)) = (op.plan.in_pix.get(p), op.plan.out_pix.get(p)) else { return false };
-        let Some(yo) = o.checked_sub(row_start) else { return false };
-        for c0 in (0..c).step_by(CHUNK) {
-            let len = CHUNK.min(c - c0);
-            let (Some(acc), Some(m), Some(b)) =
-                (acc.get_mut(..len), e.mult.get(c0..c0 + len), e.offset.get(c0..c0 + len))
-            else {
-                return false;
-            };
-            acc.fill(0.0);
-            if !pixel(x, image_in + ip, &op.plan.offsets, &op.weights, c, c0, acc) {
-                return false;
+        let store = match out {
+            RowOut::Codes(y, inv_scale, zero_point) => {
+                RowStore::Codes { output: y.as_mut_ptr(), inv_scale, zero_point }
             }
-            for ((a, &m), &b) in acc.iter_mut().zip(m).zip(b) {
-                *a = m * *a + b;
-            }
-            activate_all(op.act, acc);
-            match &mut out {
-                RowOut::F32(y) => match y.get_mut(yo + c0..yo + c0 + len) {
-                    Some(y) => y.copy_from_slice(acc),
-                    None => return false,
-                },
-                RowOut::U8(y, inv, zp) => match y.get_mut(yo + c0..yo + c0 + len) {
-                    Some(y) => y.iter_mut().zip(acc.iter()).for_each(|(y, &v)| *y = code(v * *inv + *zp)),
-                    None => return false,
-                },
-            }
+            RowOut::Real(y) => RowStore::Real { output: y.as_mut_ptr() },
+        };
+        let job = DepthwiseRow {
+            input,
+            in_pix,
+            in_origin: 0,
+            koffs: &self.plan.offsets,
+            weights: &self.weights,
+            channels: c,
+            mult: &self.epilogue.mult,
+            offset: &self.epilogue.offset,
+            act: self.act,
+            out_pix,
+            out_origin: row_start,
+            store,
+        };
+        if !job.consistent() {
+            return false;
         }
-    }
-    true
-}
-
-/// [`row`] compiled with AVX2 and FMA.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn row_avx2<T: Copy + Into<f32>>(
-    op: &Depthwise,
-    x: &[T],
-    image_in: usize,
-    pixels: Range<usize>,
-    row_start: usize,
-    out: RowOut<'_>,
-) -> bool {
-    row(op, x, image_in, pixels, row_start, out)
-}
-
-impl Depthwise {
-    fn run_row<T: Copy + Into<f32>>(
-        &self,
-        x: &[T],
-        image_in: usize,
-        pixels: Range<usize>,
-        row_start: usize,
-        out: RowOut<'_>,
-    ) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        if self.wide {
-            // SAFETY: `wide` is set only where this CPU has AVX2 and FMA (`has_avx2_fma`).
-            return unsafe { row_avx2(self, x, image_in, pixels, row_start, out) };
-        }
-        row(self, x, image_in, pixels, row_start, out)
+        // SAFETY: checked above: `c` values at every window position of every pixel lie
+        // in `x`, and `c` outputs at every pixel's place lie in the row's output; the
+        // table was chosen for this CPU.
+        unsafe { (self.kernels.depthwise)(&job) };
+        true
     }
 
     /// Checks the chunk's buffers against the plan.
@@ -284,23 +193,26 @@ impl CpuOp for Depthwise {
             };
             let out_image = n * self.output.image_len();
             let range = out_image + first..out_image + last + c;
-            let image_in = n * self.input.image_len();
+            let image = n * self.input.image_len()..(n + 1) * self.input.image_len();
             let ok = match (self.input.elem, self.epilogue.out) {
                 (Elem::F32, None) => {
+                    let x = io.input_f32(0)?.get(image).ok_or_else(bad)?;
                     // SAFETY: units write disjoint output rows (one (image, row) each);
                     // `output_f32` checks the range lies in the output.
                     let y = unsafe { io.output_f32(range)? };
-                    self.run_row(io.input_f32(0)?, image_in, pixels, first, RowOut::F32(y))
+                    self.run_row(RowIn::F32(x), pixels, first, RowOut::Real(y))
                 }
                 (Elem::U8, None) => {
+                    let x = io.input_u8(0)?.get(image).ok_or_else(bad)?;
                     // SAFETY: as above.
                     let y = unsafe { io.output_f32(range)? };
-                    self.run_row(io.input_u8(0)?, image_in, pixels, first, RowOut::F32(y))
+                    self.run_row(RowIn::U8(x), pixels, first, RowOut::Real(y))
                 }
                 (Elem::U8, Some((inv, zp))) => {
+                    let x = io.input_u8(0)?.get(image).ok_or_else(bad)?;
                     // SAFETY: as above.
                     let y = unsafe { io.output_u8(range)? };
-                    self.run_row(io.input_u8(0)?, image_in, pixels, first, RowOut::U8(y, inv, zp))
+                    self.run_row(RowIn::U8(x), pixels, first, RowOut::Codes(y, inv, zp))
                 }
                 (Elem::F32, Some(_)) => false,
             };
@@ -315,15 +227,16 @@ impl CpuOp for Depthwise {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::act::activate;
 
     fn layout(h: usize, w: usize, c: usize, border: usize, elem: Elem) -> ValueLayout {
         ValueLayout { h, w, c, cs: c + 3, border, elem, zero_code: 0 }
     }
 
-    /// Both builds of [`row`] against plain loops over the window, f32 and u8 inputs,
-    /// stride 1 and 2, on random values and channel counts around the chunk size.
+    /// f32 and int8 rows on every kernel table against plain loops over the window,
+    /// stride 1 and 2, on random values and channel counts around the kernels' blocks.
     #[test]
-    fn rows_match_plain_loops_in_both_builds() {
+    fn rows_match_plain_loops_on_every_kernel_table() {
         let mut s = 0x9e37_79b9_7f4a_7c15u64;
         let mut rnd = move || {
             s ^= s << 13;
@@ -332,7 +245,13 @@ mod tests {
             (s % 2001) as f32 / 1000.0 - 1.0
         };
         for (c, stride, act) in
-            [(5, 1, Activation::Relu6), (64, 2, Activation::Hardswish), (70, 1, Activation::Sigmoid)]
+            [
+            (5, 1, Activation::Relu6),
+            (64, 2, Activation::Hardswish),
+            (70, 1, Activation::Sigmoid),
+            (45, 1, Activation::Gelu),
+            (16, 2, Activation::None),
+        ]
         {
             let (h, w, k) = (6, 5, 3);
             let (oh, ow) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
@@ -350,7 +269,7 @@ mod tests {
                 plan: WindowPlan::new(&input, &output, [k, k], &win).unwrap(),
                 weights,
                 epilogue: Requant { mult, offset, out: None },
-                wide: false,
+                kernels: &crate::kernels::portable::KERNELS,
             };
             // Interior values random, border 0 (f32) or code 0 (u8: any code is a value).
             let mut x = vec![0f32; input.image_len()];
@@ -375,39 +294,45 @@ mod tests {
                 y
             };
             let (want_f, want_u) = (want(&|i| x[i]), want(&|i| f32::from(xu[i])));
-            let builds: &[bool] = if cfg!(target_arch = "x86_64")
-                && std::is_x86_feature_detected!("avx2")
-                && std::is_x86_feature_detected!("fma")
-            {
-                &[false, true]
-            } else {
-                &[false]
-            };
-            for &wide in builds {
-                op.wide = wide;
-                for (input_u8, want) in [(false, &want_f), (true, &want_u)] {
-                    let mut y = vec![0f32; output.image_len()];
-                    for oy in 0..oh {
-                        let first = op.plan.out_pix[oy * ow];
-                        let end = op.plan.out_pix[oy * ow + ow - 1] + c;
-                        let out = RowOut::F32(&mut y[first..end]);
-                        let ok = if input_u8 {
-                            op.run_row(&xu, 0, oy * ow..(oy + 1) * ow, first, out)
-                        } else {
-                            op.run_row(&x, 0, oy * ow..(oy + 1) * ow, first, out)
-                        };
-                        assert!(ok);
-                    }
-                    for (i, (g, w)) in y.iter().zip(want.iter()).enumerate() {
-                        assert!(
-                            (g - w).abs() <= 1e-4 * w.abs().max(1.0),
-                            "c {c} wide {wide} u8 {input_u8} at {i}: {g} {w}"
-                        );
-                    }
+            let row_range = |oy: usize| (op.plan.out_pix[oy * ow], op.plan.out_pix[oy * ow + ow - 1] + c);
+            let close = |got: &[f32], want: &[f32], what: &str| {
+                for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                    assert!((g - w).abs() <= 1e-4 * w.abs().max(1.0), "c {c} {what} at {i}: {g} {w}");
                 }
-                // A row past the input is refused, not a panic.
+            };
+            // Every kernel table of this CPU: f32 rows, int8 rows with real outputs and
+            // with codes.
+            let (inv, zp) = (20.0, 100.0);
+            let want_codes: Vec<u8> = want_u.iter().map(|&v| crate::kernels::act::quantize_code(v, inv, zp)).collect();
+            for kernels in crate::kernels::available() {
+                op.kernels = kernels;
+                let name = kernels.name;
                 let mut y = vec![0f32; output.image_len()];
-                assert!(!op.run_row(&x, x.len(), 0..ow, 0, RowOut::F32(&mut y)));
+                for oy in 0..oh {
+                    let (first, end) = row_range(oy);
+                    assert!(op.run_row(RowIn::F32(&x), oy * ow..(oy + 1) * ow, first, RowOut::Real(&mut y[first..end])));
+                }
+                close(&y, &want_f, &format!("f32 on {name}"));
+                let mut y = vec![0f32; output.image_len()];
+                let mut codes = vec![0u8; output.image_len()];
+                for oy in 0..oh {
+                    let (first, end) = row_range(oy);
+                    let pixels = oy * ow..(oy + 1) * ow;
+                    assert!(op.run_row(RowIn::U8(&xu), pixels.clone(), first, RowOut::Real(&mut y[first..end])));
+                    assert!(op.run_row(RowIn::U8(&xu), pixels, first, RowOut::Codes(&mut codes[first..end], inv, zp)));
+                }
+                close(&y, &want_u, &format!("u8 on {name}"));
+                for i in op.plan.out_pix.iter().flat_map(|&o| o..o + c) {
+                    let (g, w) = (codes[i], want_codes[i]);
+                    assert!(g.abs_diff(w) <= 1, "c {c} u8 on {name}: code at {i}: {g} {w}");
+                }
+                // Reads past the input or writes past the row are refused, not a panic.
+                let need = op.plan.in_pix.iter().max().unwrap() + op.plan.offsets.iter().max().unwrap() + c;
+                let last = (oh - 1) * ow..oh * ow;
+                assert!(!op.run_row(RowIn::F32(&x[..need - 1]), last.clone(), 0, RowOut::Real(&mut y)));
+                assert!(!op.run_row(RowIn::U8(&xu[..need - 1]), last, 0, RowOut::Real(&mut y)));
+                let (first, end) = row_range(0);
+                assert!(!op.run_row(RowIn::U8(&xu), 0..ow, first, RowOut::Real(&mut y[first..end - 1])));
             }
         }
     }

@@ -2,6 +2,7 @@
 //! `vpmaddubsw` + `vpmaddwd`, exact because the tile layers' weights are 7-bit; depthwise
 //! layers' 8-bit weights run on their own op), and AVX-512 VNNI
 //! (int8 with `vpdpbusd` on 256-bit registers: one instruction per 32 multiply-adds).
+//! The depthwise row ([`depthwise`]) is the same AVX2 + FMA build in both tables.
 //!
 //! Every tile keeps [`MR`] x [`PANEL`] accumulators in twelve registers for the whole
 //! reduction; the epilogue does exactly the scalar operations of the portable build
@@ -13,8 +14,14 @@ use super::{ConvTileF32, ConvTileU8, Kernels, StoreU8, MR, PANEL};
 use crate::artifact::Activation;
 
 /// AVX2 + FMA.
-pub static AVX2: Kernels =
-    Kernels { name: "avx2", conv_f32: conv_f32_avx2, conv_u8: conv_u8_avx2, add_u8: add_u8_avx2, act_f32: act_avx2 };
+pub static AVX2: Kernels = Kernels {
+    name: "avx2",
+    conv_f32: conv_f32_avx2,
+    conv_u8: conv_u8_avx2,
+    depthwise: depthwise::depthwise,
+    add_u8: add_u8_avx2,
+    act_f32: act_avx2,
+};
 
 /// AVX-512 VNNI (with AVX-512 VL for 256-bit registers) for int8; f32 with AVX-512 VL
 /// encodings.
@@ -22,6 +29,7 @@ pub static AVX512_VNNI: Kernels = Kernels {
     name: "avx512vnni",
     conv_f32: conv_f32_avx512,
     conv_u8: conv_u8_vnni,
+    depthwise: depthwise::depthwise,
     add_u8: add_u8_avx2,
     act_f32: act_avx2,
 };
@@ -76,6 +84,9 @@ macro_rules! codes_u8 {
         _mm_packus_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256::<1>(words))
     }};
 }
+
+// After `codes_u8!`, which it uses.
+mod depthwise;
 
 /// The activation on 8 lanes: [`super::act::activate`]'s operations, in its order.
 #[inline]

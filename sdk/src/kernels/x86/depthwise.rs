@@ -1,0 +1,198 @@
+//! The depthwise row with AVX2 + FMA. Each output pixel's channels are taken 32 at a
+//! time (four accumulators of eight lanes, in registers over the whole window), then 8
+//! at a time, then the last few through a padded block; each step is one fused
+//! multiply-add per eight channels (after `vpmovzxbd` + `vcvtdq2ps` for u8 codes) in the
+//! portable build's order, and the epilogue is its scalar arithmetic, so the results are
+//! the portable build's bit for bit.
+
+use std::arch::x86_64::*;
+
+use super::act_block;
+use crate::kernels::{DepthwiseRow, RowInput, RowStore};
+
+/// Input elements the row reads eight at a time as f32.
+trait Lanes: Copy + Default + Into<f32> {
+    /// Eight values from `p` as f32.
+    ///
+    /// # Safety
+    /// Eight values must be readable at `p`; the CPU must have AVX2.
+    unsafe fn load8(p: *const Self) -> __m256;
+}
+
+impl Lanes for f32 {
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> __m256 {
+        // SAFETY: the caller's contract.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+}
+
+impl Lanes for u8 {
+    #[inline(always)]
+    unsafe fn load8(p: *const u8) -> __m256 {
+        // SAFETY: the caller's contract (8 bytes).
+        unsafe { _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p.cast()))) }
+    }
+}
+
+/// # Safety
+/// See [`Kernels::depthwise`](crate::kernels::Kernels::depthwise); the CPU must have
+/// AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn depthwise(t: &DepthwiseRow<'_>) {
+    match t.input {
+        // SAFETY: the same contract.
+        RowInput::F32(x) => unsafe { pixels(t, x) },
+        // SAFETY: the same contract.
+        RowInput::U8(x) => unsafe { pixels(t, x) },
+    }
+}
+
+/// [`depthwise`] on input elements `T` from `input`.
+///
+/// # Safety
+/// As for [`depthwise`].
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pixels<T: Lanes>(t: &DepthwiseRow<'_>, input: *const T) {
+    if !t.consistent() {
+        return;
+    }
+    let c = t.channels;
+    for (&ip, &op) in t.in_pix.iter().zip(t.out_pix) {
+        let (ip, at) = (ip - t.in_origin, op - t.out_origin);
+        // SAFETY: (this block) the caller guarantees `c` values at every window position
+        // of the pixel and `c` output values at `at`; blocks stay below `c`.
+        unsafe {
+            let x = input.add(ip);
+            let mut c0 = 0;
+            while c0 + 32 <= c {
+                block::<T, 4>(t, x, c0, at);
+                c0 += 32;
+            }
+            while c0 + 8 <= c {
+                block::<T, 1>(t, x, c0, at);
+                c0 += 8;
+            }
+            if c0 < c {
+                tail(t, x, c0, at);
+            }
+        }
+    }
+}
+
+/// The epilogue of `N` vectors of sums for channels `c0..c0 + 8N`: `y = act(acc * mult
+/// + offset)`.
+///
+/// # Safety
+/// `mult` and `offset` hold `c0 + 8N` values (`consistent` and the callers' bounds).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn finish<const N: usize>(t: &DepthwiseRow<'_>, acc: [__m256; N], c0: usize) -> [__m256; N] {
+    let mut ys = acc;
+    for (j, y) in ys.iter_mut().enumerate() {
+        // SAFETY: the function's contract.
+        let (m, o) = unsafe {
+            (_mm256_loadu_ps(t.mult.as_ptr().add(c0 + 8 * j)), _mm256_loadu_ps(t.offset.as_ptr().add(c0 + 8 * j)))
+        };
+        *y = _mm256_add_ps(_mm256_mul_ps(*y, m), o);
+    }
+    act_block(t.act, &mut ys);
+    ys
+}
+
+/// Channels `c0..c0 + 8N` of the pixel whose window starts at `x`, stored at `at`.
+///
+/// # Safety
+/// As for [`depthwise`], with `c0 + 8N <= channels`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block<T: Lanes, const N: usize>(t: &DepthwiseRow<'_>, x: *const T, c0: usize, at: usize) {
+    let c = t.channels;
+    let w = t.weights.as_ptr();
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (k, &koff) in t.koffs.iter().enumerate() {
+        // SAFETY: 8N values from channel c0 at this window position, and 8N weights of
+        // position k (`consistent`: weights hold koffs.len() x c values).
+        unsafe {
+            let (xp, wp) = (x.add(koff + c0), w.add(k * c + c0));
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(T::load8(xp.add(8 * j)), _mm256_loadu_ps(wp.add(8 * j)), *a);
+            }
+        }
+    }
+    // SAFETY: c0 + 8N channels (the contract).
+    let ys = unsafe { finish(t, acc, c0) };
+    // SAFETY: 8N output values at `at + c0` (the contract).
+    unsafe {
+        match t.store {
+            RowStore::Codes { output, inv_scale, zero_point } => {
+                let (inv, zp) = (_mm256_set1_ps(inv_scale), _mm256_set1_ps(zero_point));
+                let out = output.add(at + c0);
+                for (j, pair) in ys.chunks(2).enumerate() {
+                    match *pair {
+                        [a, b] => _mm_storeu_si128(out.add(16 * j).cast(), codes_u8!(a, b, inv, zp)),
+                        [a] => _mm_storel_epi64(out.add(16 * j).cast(), codes_u8!(a, _mm256_setzero_ps(), inv, zp)),
+                        _ => {}
+                    }
+                }
+            }
+            RowStore::Real { output } => {
+                for (j, y) in ys.iter().enumerate() {
+                    _mm256_storeu_ps(output.add(at + c0 + 8 * j), *y);
+                }
+            }
+        }
+    }
+}
+
+/// The last `channels - c0` (< 8) channels, through 8-lane buffers.
+///
+/// # Safety
+/// As for [`depthwise`], with `c0 < channels < c0 + 8`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tail<T: Lanes>(t: &DepthwiseRow<'_>, x: *const T, c0: usize, at: usize) {
+    let (c, n) = (t.channels, t.channels - c0);
+    let mut acc = _mm256_setzero_ps();
+    for (k, &koff) in t.koffs.iter().enumerate() {
+        let (mut xs, mut ws) = ([T::default(); 8], [0f32; 8]);
+        for (i, (xv, wv)) in xs.iter_mut().zip(ws.iter_mut()).enumerate().take(n) {
+            // SAFETY: channel c0 + i < c at this window position (the contract).
+            *xv = unsafe { *x.add(koff + c0 + i) };
+            *wv = t.weights.get(k * c + c0 + i).copied().unwrap_or(0.0);
+        }
+        // SAFETY: 8 values in `xs` and `ws`.
+        let (xv, wv) = unsafe { (T::load8(xs.as_ptr()), _mm256_loadu_ps(ws.as_ptr())) };
+        acc = _mm256_fmadd_ps(xv, wv, acc);
+    }
+    let (mut m, mut o) = ([0f32; 8], [0f32; 8]);
+    for (i, (mv, ov)) in m.iter_mut().zip(o.iter_mut()).enumerate().take(n) {
+        *mv = t.mult.get(c0 + i).copied().unwrap_or(0.0);
+        *ov = t.offset.get(c0 + i).copied().unwrap_or(0.0);
+    }
+    // SAFETY: 8 values in `m` and `o`.
+    let mut ys = [unsafe { _mm256_add_ps(_mm256_mul_ps(acc, _mm256_loadu_ps(m.as_ptr())), _mm256_loadu_ps(o.as_ptr())) }];
+    act_block(t.act, &mut ys);
+    let [y] = ys;
+    match t.store {
+        RowStore::Codes { output, inv_scale, zero_point } => {
+            let (inv, zp) = (_mm256_set1_ps(inv_scale), _mm256_set1_ps(zero_point));
+            let mut bytes = [0u8; 16];
+            // SAFETY: 16 bytes in `bytes`.
+            unsafe { _mm_storeu_si128(bytes.as_mut_ptr().cast(), codes_u8!(y, _mm256_setzero_ps(), inv, zp)) };
+            for (i, &b) in bytes.iter().enumerate().take(n) {
+                // SAFETY: channel c0 + i < c of the pixel's output (the contract).
+                unsafe { *output.add(at + c0 + i) = b };
+            }
+        }
+        RowStore::Real { output } => {
+            let mut vals = [0f32; 8];
+            // SAFETY: 8 values in `vals`.
+            unsafe { _mm256_storeu_ps(vals.as_mut_ptr(), y) };
+            for (i, &v) in vals.iter().enumerate().take(n) {
+                // SAFETY: as above.
+                unsafe { *output.add(at + c0 + i) = v };
+            }
+        }
+    }
+}
