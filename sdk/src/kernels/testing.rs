@@ -22,7 +22,7 @@ pub struct Case {
     pub lanes: usize,
     /// Distance between the pixels' windows.
     pub pixel_stride: usize,
-    /// Activation (0 none, 1 relu, 2 gelu).
+    /// Activation: an index into [`Activation::ALL`].
     pub act: u8,
     /// Seed of the values.
     pub seed: u64,
@@ -259,7 +259,7 @@ pub fn check(k: &Kernels, c: &Case) -> Result<(), String> {
 /// windows.
 pub fn cases() -> impl proptest::strategy::Strategy<Value = Case> {
     use proptest::prelude::*;
-    (1usize..10, 0usize..3, 1usize..40, 1..=MR, 1..=PANEL, 1usize..80, 0u8..3, any::<u64>(), any::<bool>()).prop_map(
+    (1usize..10, 0usize..3, 1usize..40, 1..=MR, 1..=PANEL, 1usize..80, 0u8..6, any::<u64>(), any::<bool>()).prop_map(
         |(positions, extra, depth, pixels, lanes, pixel_stride, act, seed, codes)| Case {
             positions,
             spacing: depth * QUAD + extra * 7,

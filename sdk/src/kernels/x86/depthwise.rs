@@ -2,12 +2,14 @@
 //! time (four accumulators of eight lanes, in registers over the whole window), then 8
 //! at a time, then the last few through a padded block; each step is one fused
 //! multiply-add per eight channels (after `vpmovzxbd` + `vcvtdq2ps` for u8 codes) in the
-//! portable build's order, and the epilogue is its scalar arithmetic, so the results are
-//! the portable build's bit for bit.
+//! portable build's order, and the epilogue is its scalar arithmetic (folded for codes
+//! after clamp activations), so the results are the portable build's bit for bit.
 
 use std::arch::x86_64::*;
 
-use super::act_block;
+use super::{act_block, folded8, folded_constants};
+use crate::artifact::Activation;
+use crate::kernels::act::folded_bounds;
 use crate::kernels::{DepthwiseRow, RowInput, RowStore};
 
 /// Input elements the row reads eight at a time as f32.
@@ -80,24 +82,47 @@ unsafe fn pixels<T: Lanes>(t: &DepthwiseRow<'_>, input: *const T) {
     }
 }
 
-/// The epilogue of `N` vectors of sums for channels `c0..c0 + 8N`: `y = act(acc * mult
-/// + offset)`.
-///
-/// # Safety
-/// `mult` and `offset` hold `c0 + 8N` values (`consistent` and the callers' bounds).
+/// The real results of `N` vectors of sums: `act(acc * mult + offset)`.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn finish<const N: usize>(t: &DepthwiseRow<'_>, acc: [__m256; N], c0: usize) -> [__m256; N] {
+fn reals<const N: usize>(act: Activation, acc: [__m256; N], mult: [__m256; N], offset: [__m256; N]) -> [__m256; N] {
     let mut ys = acc;
-    for (j, y) in ys.iter_mut().enumerate() {
-        // SAFETY: the function's contract.
-        let (m, o) = unsafe {
-            (_mm256_loadu_ps(t.mult.as_ptr().add(c0 + 8 * j)), _mm256_loadu_ps(t.offset.as_ptr().add(c0 + 8 * j)))
-        };
+    for ((y, m), o) in ys.iter_mut().zip(mult).zip(offset) {
         *y = _mm256_add_ps(_mm256_mul_ps(*y, m), o);
     }
-    act_block(t.act, &mut ys);
+    act_block(act, &mut ys);
     ys
+}
+
+/// The results of `N` vectors of sums in code units, before rounding: the folded
+/// epilogue where the activation is a clamp, `act(acc * mult + offset) * inv + zp`
+/// otherwise (the portable build's `code_of`).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn code_units<const N: usize>(
+    act: Activation,
+    acc: [__m256; N],
+    mult: [__m256; N],
+    offset: [__m256; N],
+    (inv_scale, zero_point): (f32, f32),
+) -> [__m256; N] {
+    let mut vs = acc;
+    match folded_bounds(act, inv_scale, zero_point) {
+        Some((lo, hi)) => {
+            let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+            for ((v, m), o) in vs.iter_mut().zip(mult).zip(offset) {
+                *v = folded8(*v, folded_constants(m, o, inv_scale, zero_point), lo, hi);
+            }
+        }
+        None => {
+            let (inv, zp) = (_mm256_set1_ps(inv_scale), _mm256_set1_ps(zero_point));
+            vs = reals(act, acc, mult, offset);
+            for v in &mut vs {
+                *v = _mm256_add_ps(_mm256_mul_ps(*v, inv), zp);
+            }
+        }
+    }
+    vs
 }
 
 /// Channels `c0..c0 + 8N` of the pixel whose window starts at `x`, stored at `at`.
@@ -120,24 +145,27 @@ unsafe fn block<T: Lanes, const N: usize>(t: &DepthwiseRow<'_>, x: *const T, c0:
             }
         }
     }
-    // SAFETY: c0 + 8N channels (the contract).
-    let ys = unsafe { finish(t, acc, c0) };
+    // SAFETY: c0 + 8N values in `mult` and `offset` (the contract, `consistent`).
+    let (mult, offset) = unsafe {
+        let (m, o) = (t.mult.as_ptr().add(c0), t.offset.as_ptr().add(c0));
+        (std::array::from_fn(|j| _mm256_loadu_ps(m.add(8 * j))), std::array::from_fn(|j| _mm256_loadu_ps(o.add(8 * j))))
+    };
     // SAFETY: 8N output values at `at + c0` (the contract).
     unsafe {
         match t.store {
             RowStore::Codes { output, inv_scale, zero_point } => {
-                let (inv, zp) = (_mm256_set1_ps(inv_scale), _mm256_set1_ps(zero_point));
+                let vs = code_units(t.act, acc, mult, offset, (inv_scale, zero_point));
                 let out = output.add(at + c0);
-                for (j, pair) in ys.chunks(2).enumerate() {
+                for (j, pair) in vs.chunks(2).enumerate() {
                     match *pair {
-                        [a, b] => _mm_storeu_si128(out.add(16 * j).cast(), codes_u8!(a, b, inv, zp)),
-                        [a] => _mm_storel_epi64(out.add(16 * j).cast(), codes_u8!(a, _mm256_setzero_ps(), inv, zp)),
+                        [a, b] => _mm_storeu_si128(out.add(16 * j).cast(), round_codes!(a, b)),
+                        [a] => _mm_storel_epi64(out.add(16 * j).cast(), round_codes!(a, _mm256_setzero_ps())),
                         _ => {}
                     }
                 }
             }
             RowStore::Real { output } => {
-                for (j, y) in ys.iter().enumerate() {
+                for (j, y) in reals(t.act, acc, mult, offset).iter().enumerate() {
                     _mm256_storeu_ps(output.add(at + c0 + 8 * j), *y);
                 }
             }
@@ -171,21 +199,20 @@ unsafe fn tail<T: Lanes>(t: &DepthwiseRow<'_>, x: *const T, c0: usize, at: usize
         *ov = t.offset.get(c0 + i).copied().unwrap_or(0.0);
     }
     // SAFETY: 8 values in `m` and `o`.
-    let mut ys = [unsafe { _mm256_add_ps(_mm256_mul_ps(acc, _mm256_loadu_ps(m.as_ptr())), _mm256_loadu_ps(o.as_ptr())) }];
-    act_block(t.act, &mut ys);
-    let [y] = ys;
+    let (mult, offset) = unsafe { ([_mm256_loadu_ps(m.as_ptr())], [_mm256_loadu_ps(o.as_ptr())]) };
     match t.store {
         RowStore::Codes { output, inv_scale, zero_point } => {
-            let (inv, zp) = (_mm256_set1_ps(inv_scale), _mm256_set1_ps(zero_point));
+            let [v] = code_units(t.act, [acc], mult, offset, (inv_scale, zero_point));
             let mut bytes = [0u8; 16];
             // SAFETY: 16 bytes in `bytes`.
-            unsafe { _mm_storeu_si128(bytes.as_mut_ptr().cast(), codes_u8!(y, _mm256_setzero_ps(), inv, zp)) };
+            unsafe { _mm_storeu_si128(bytes.as_mut_ptr().cast(), round_codes!(v, _mm256_setzero_ps())) };
             for (i, &b) in bytes.iter().enumerate().take(n) {
                 // SAFETY: channel c0 + i < c of the pixel's output (the contract).
                 unsafe { *output.add(at + c0 + i) = b };
             }
         }
         RowStore::Real { output } => {
+            let [y] = reals(t.act, [acc], mult, offset);
             let mut vals = [0f32; 8];
             // SAFETY: 8 values in `vals`.
             unsafe { _mm256_storeu_ps(vals.as_mut_ptr(), y) };

@@ -6,7 +6,8 @@
 //!
 //! Every tile keeps [`MR`] x [`PANEL`] accumulators in twelve registers for the whole
 //! reduction; the epilogue does exactly the scalar operations of the portable build
-//! (no fused multiply-add there), so all builds agree bit for bit.
+//! (fused multiply-adds only where it has them: the folded u8 epilogue), so all builds
+//! agree bit for bit.
 
 use std::arch::x86_64::*;
 
@@ -69,23 +70,49 @@ fn exp8(x: __m256) -> __m256 {
     _mm256_mul_ps(p, _mm256_castsi256_ps(bits))
 }
 
-/// The u8 codes of 16 real values (`$y0`: lanes 0..8, `$y1`: 8..16) as 16 bytes:
-/// [`super::act::quantize_code`]'s operations, `code(y * inv + zp)` with `code` =
-/// clamp to [0, 255], add 0.5, truncate. A macro, so that it is always inlined.
-macro_rules! codes_u8 {
-    ($y0:expr, $y1:expr, $inv:expr, $zp:expr) => {{
-        let (inv, zp) = ($inv, $zp);
-        let code = |y: __m256| {
-            let v = _mm256_add_ps(_mm256_mul_ps(y, inv), zp);
+/// The u8 codes of 16 values already in code units (`$v0`: lanes 0..8, `$v1`: 8..16)
+/// as 16 bytes: [`super::act::code`]'s operations, clamp to [0, 255], add 0.5,
+/// truncate. A macro, so that it is always inlined.
+macro_rules! round_codes {
+    ($v0:expr, $v1:expr) => {{
+        let code = |v: __m256| {
             let v = _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(255.0));
             _mm256_cvttps_epi32(_mm256_add_ps(v, _mm256_set1_ps(0.5)))
         };
-        let words = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(code($y0), code($y1)));
+        let words = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(code($v0), code($v1)));
         _mm_packus_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256::<1>(words))
     }};
 }
 
-// After `codes_u8!`, which it uses.
+/// The u8 codes of 16 real values as 16 bytes: [`super::act::quantize_code`]'s
+/// operations, `code(y * inv + zp)`.
+macro_rules! codes_u8 {
+    ($y0:expr, $y1:expr, $inv:expr, $zp:expr) => {{
+        let (inv, zp) = ($inv, $zp);
+        let affine = |y: __m256| _mm256_add_ps(_mm256_mul_ps(y, inv), zp);
+        round_codes!(affine($y0), affine($y1))
+    }};
+}
+
+/// The folded u8 epilogue ([`super::act::folded_code`]) of 8 sums, before rounding:
+/// `min(max(acc * mult' + offset', lo), hi)`, with `(mult', offset')` from
+/// [`folded_constants`].
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn folded8(acc: __m256, (mult, offset): (__m256, __m256), lo: __m256, hi: __m256) -> __m256 {
+    _mm256_min_ps(_mm256_max_ps(_mm256_fmadd_ps(acc, mult, offset), lo), hi)
+}
+
+/// `(mult', offset')` of [`super::act::folded_code`] on 8 lanes:
+/// [`super::act::fold_mult`] and [`super::act::fold_offset`].
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn folded_constants(mult: __m256, offset: __m256, inv_scale: f32, zero_point: f32) -> (__m256, __m256) {
+    let (inv, zp) = (_mm256_set1_ps(inv_scale), _mm256_set1_ps(zero_point));
+    (_mm256_mul_ps(mult, inv), _mm256_fmadd_ps(offset, inv, zp))
+}
+
+// After the macros, which it uses.
 mod depthwise;
 
 /// The activation on 8 lanes: [`super::act::activate`]'s operations, in its order.
@@ -437,6 +464,20 @@ macro_rules! conv_u8_tile {
                 }
             }
             let [m0, _, o0, _] = epilogue_constants(t);
+            if let StoreU8::Codes { output, inv_scale, zero_point } = t.store {
+                if let Some((lo, hi)) = super::act::folded_bounds(t.act, inv_scale, zero_point) {
+                    let k0 = folded_constants(m0, o0, inv_scale, zero_point);
+                    let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+                    for (i, a) in [a0, a1, a2, a3, a4, a5].into_iter().enumerate().take(t.pixels) {
+                        if let Some(&out) = output.get(i) {
+                            let bytes = round_codes!(folded8(_mm256_cvtepi32_ps(a), k0, lo, hi), _mm256_setzero_ps());
+                            // SAFETY: `lanes` (<= 8) writable bytes at each valid pixel's output.
+                            unsafe { store_bytes(out, bytes, t.lanes) };
+                        }
+                    }
+                    return;
+                }
+            }
             let mut ys = [a0, a1, a2, a3, a4, a5].map(|a| _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a), m0), o0));
             act_block(t.act, &mut ys);
             for (i, y) in ys.iter().enumerate().take(t.pixels) {
@@ -483,6 +524,22 @@ macro_rules! conv_u8_tile {
             }
             let [m0, m1, o0, o1] = epilogue_constants(t);
             let accs = [a0, b0, a1, b1, a2, b2, a3, b3, a4, b4, a5, b5];
+            if let StoreU8::Codes { output, inv_scale, zero_point } = t.store {
+                if let Some((lo, hi)) = super::act::folded_bounds(t.act, inv_scale, zero_point) {
+                    let k0 = folded_constants(m0, o0, inv_scale, zero_point);
+                    let k1 = folded_constants(m1, o1, inv_scale, zero_point);
+                    let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+                    for (i, pair) in accs.chunks_exact(2).enumerate().take(t.pixels) {
+                        if let ([a, b], Some(&out)) = (pair, output.get(i)) {
+                            let v0 = folded8(_mm256_cvtepi32_ps(*a), k0, lo, hi);
+                            let v1 = folded8(_mm256_cvtepi32_ps(*b), k1, lo, hi);
+                            // SAFETY: `lanes` writable bytes at each valid pixel's output.
+                            unsafe { store_bytes(out, round_codes!(v0, v1), t.lanes) };
+                        }
+                    }
+                    return;
+                }
+            }
             let mut ys = [_mm256_setzero_ps(); 2 * MR];
             for (k, (y, a)) in ys.iter_mut().zip(accs).enumerate() {
                 let (m, o) = if k % 2 == 0 { (m0, o0) } else { (m1, o1) };
