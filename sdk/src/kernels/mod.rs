@@ -128,6 +128,18 @@ pub enum RowStore {
         /// The output zero point.
         zero_point: f32,
     },
+    /// u8 codes of the folded epilogue ([`act::folded_code`]) with the op's constants
+    /// folded ahead: `mult` and `offset` hold `mult'` and `offset'`, and the activation
+    /// is the clamp to `[lo, hi]`. (`Codes` folds them per block; this saves the work on
+    /// every pixel.)
+    FoldedCodes {
+        /// As for `Codes`.
+        output: *mut u8,
+        /// The clamp's bounds on the code grid ([`act::folded_bounds`]).
+        lo: f32,
+        /// See `lo`.
+        hi: f32,
+    },
     /// The real values.
     Real {
         /// As for `Codes`.

@@ -154,6 +154,10 @@ unsafe fn depthwise_from<T: Copy + Into<f32>>(t: &DepthwiseRow<'_>, x: *const T)
                     *output.add(at + ch) = code_of(acc, m, o, t.act, inv_scale, zero_point);
                 },
                 // SAFETY: as above.
+                RowStore::FoldedCodes { output, lo, hi } => unsafe {
+                    *output.add(at + ch) = folded_code(acc, m, o, (lo, hi));
+                },
+                // SAFETY: as above.
                 RowStore::Real { output } => unsafe { *output.add(at + ch) = activate(t.act, acc * m + o) },
             }
         }

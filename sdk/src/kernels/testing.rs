@@ -171,17 +171,25 @@ pub fn run_depthwise(k: &Kernels, c: &Case) -> Vec<u32> {
         .collect();
     let mut next = rng(c.seed ^ 0xD2);
     let k_len = c.positions as f32;
-    let (mult, offset): (Vec<f32>, Vec<f32>) = (0..channels)
+    let (mut mult, mut offset): (Vec<f32>, Vec<f32>) = (0..channels)
         .map(|_| ((1 + next() % 100) as f32 / (2000.0 * k_len), (next() % 2001) as f32 / 500.0 - 2.0))
         .unzip();
     // Outputs after a gap of 3 values, so that the origin is exercised.
     let out_pix: Vec<usize> = (0..c.pixels).map(|i| 3 + i * channels).collect();
     let mut codes = vec![0xA5u8; c.pixels * channels];
     let mut reals = vec![f32::NAN; c.pixels * channels];
-    let store = if c.codes {
-        RowStore::Codes { output: codes.as_mut_ptr(), inv_scale: 40.0, zero_point: 97.0 }
-    } else {
-        RowStore::Real { output: reals.as_mut_ptr() }
+    // Codes: folded ahead where the activation folds and the seed is odd, folded by
+    // the kernel otherwise.
+    let (inv_scale, zero_point) = (40.0, 97.0);
+    let ahead = super::act::folded_bounds(act(c.act), inv_scale, zero_point).filter(|_| c.seed % 2 == 1);
+    let store = match (c.codes, ahead) {
+        (true, Some((lo, hi))) => {
+            mult.iter_mut().for_each(|m| *m = super::act::fold_mult(*m, inv_scale));
+            offset.iter_mut().for_each(|o| *o = super::act::fold_offset(*o, inv_scale, zero_point));
+            RowStore::FoldedCodes { output: codes.as_mut_ptr(), lo, hi }
+        }
+        (true, None) => RowStore::Codes { output: codes.as_mut_ptr(), inv_scale, zero_point },
+        (false, _) => RowStore::Real { output: reals.as_mut_ptr() },
     };
     let row = DepthwiseRow {
         input,

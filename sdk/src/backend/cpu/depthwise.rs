@@ -15,6 +15,7 @@ use super::conv::{requantization, Requant, Window, WindowPlan};
 use super::{CpuBuild, CpuOp, Elem, Io, ValueLayout};
 use crate::artifact::layers::{LayerShape, StoredLayer};
 use crate::artifact::Activation;
+use crate::kernels::act::{fold_mult, fold_offset, folded_bounds};
 use crate::kernels::{DepthwiseRow, Kernels, RowInput, RowStore};
 use crate::{Error, Result};
 
@@ -45,6 +46,9 @@ pub(crate) struct Depthwise {
     /// `act(mult * acc + offset)` per channel (f32 layers: `mult` is 1 and `offset` the
     /// bias).
     epilogue: Requant,
+    /// Where the output is codes after a clamp activation: the clamp's bounds on the code
+    /// grid, and `epilogue` holds the folded constants ([`RowStore::FoldedCodes`]).
+    folded: Option<(f32, f32)>,
     /// The rows' kernel.
     kernels: &'static Kernels,
 }
@@ -89,10 +93,16 @@ impl Depthwise {
         if !elem_ok {
             return Err(bad("value types do not match the layer's precision".into()));
         }
-        let epilogue = match layer.quant {
+        let mut epilogue = match layer.quant {
             None => Requant { mult: vec![1.0; c], offset: layer.bias.to_vec(), out: None },
             Some((scale, sum)) => requantization(b, layer.bias, scale, sum)?,
         };
+        // Codes after a clamp activation: the epilogue's constants folded once, here.
+        let folded = epilogue.out.and_then(|(inv, zp)| Some((inv, zp, folded_bounds(act, inv, zp)?)));
+        if let Some((inv, zp, _)) = folded {
+            epilogue.mult.iter_mut().for_each(|m| *m = fold_mult(*m, inv));
+            epilogue.offset.iter_mut().for_each(|o| *o = fold_offset(*o, inv, zp));
+        }
         Ok(Self {
             name,
             channels: c,
@@ -102,6 +112,7 @@ impl Depthwise {
             plan,
             weights,
             epilogue,
+            folded: folded.map(|(_, _, bounds)| bounds),
             kernels: b.kernels,
         })
     }
@@ -135,9 +146,10 @@ impl Depthwise {
             return false;
         }
         let store = match out {
-            RowOut::Codes(y, inv_scale, zero_point) => {
-                RowStore::Codes { output: y.as_mut_ptr(), inv_scale, zero_point }
-            }
+            RowOut::Codes(y, inv_scale, zero_point) => match self.folded {
+                Some((lo, hi)) => RowStore::FoldedCodes { output: y.as_mut_ptr(), lo, hi },
+                None => RowStore::Codes { output: y.as_mut_ptr(), inv_scale, zero_point },
+            },
             RowOut::Real(y) => RowStore::Real { output: y.as_mut_ptr() },
         };
         let job = DepthwiseRow {
@@ -269,6 +281,7 @@ mod tests {
                 plan: WindowPlan::new(&input, &output, [k, k], &win).unwrap(),
                 weights,
                 epilogue: Requant { mult, offset, out: None },
+                folded: None,
                 kernels: &crate::kernels::portable::KERNELS,
             };
             // Interior values random, border 0 (f32) or code 0 (u8: any code is a value).
@@ -325,6 +338,23 @@ mod tests {
                 for i in op.plan.out_pix.iter().flat_map(|&o| o..o + c) {
                     let (g, w) = (codes[i], want_codes[i]);
                     assert!(g.abs_diff(w) <= 1, "c {c} u8 on {name}: code at {i}: {g} {w}");
+                }
+                // Codes after a clamp activation, with the constants folded ahead (as
+                // `Depthwise::new` does): the same codes.
+                if let Some(bounds) = folded_bounds(act, inv, zp) {
+                    let plain = (op.epilogue.mult.clone(), op.epilogue.offset.clone());
+                    op.epilogue.mult.iter_mut().for_each(|m| *m = fold_mult(*m, inv));
+                    op.epilogue.offset.iter_mut().for_each(|o| *o = fold_offset(*o, inv, zp));
+                    op.folded = Some(bounds);
+                    let mut folded = vec![0u8; output.image_len()];
+                    for oy in 0..oh {
+                        let (first, end) = row_range(oy);
+                        let out = RowOut::Codes(&mut folded[first..end], inv, zp);
+                        assert!(op.run_row(RowIn::U8(&xu), oy * ow..(oy + 1) * ow, first, out));
+                    }
+                    assert_eq!(folded, codes, "c {c} on {name}: folded ahead");
+                    (op.epilogue.mult, op.epilogue.offset) = plain;
+                    op.folded = None;
                 }
                 // Reads past the input or writes past the row are refused, not a panic.
                 let need = op.plan.in_pix.iter().max().unwrap() + op.plan.offsets.iter().max().unwrap() + c;

@@ -164,6 +164,21 @@ unsafe fn block<T: Lanes, const N: usize>(t: &DepthwiseRow<'_>, x: *const T, c0:
                     }
                 }
             }
+            RowStore::FoldedCodes { output, lo, hi } => {
+                let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+                let mut vs = acc;
+                for ((v, m), o) in vs.iter_mut().zip(mult).zip(offset) {
+                    *v = folded8(*v, (m, o), lo, hi);
+                }
+                let out = output.add(at + c0);
+                for (j, pair) in vs.chunks(2).enumerate() {
+                    match *pair {
+                        [a, b] => _mm_storeu_si128(out.add(16 * j).cast(), round_clamped!(a, b)),
+                        [a] => _mm_storel_epi64(out.add(16 * j).cast(), round_clamped!(a, _mm256_setzero_ps())),
+                        _ => {}
+                    }
+                }
+            }
             RowStore::Real { output } => {
                 for (j, y) in reals(t.act, acc, mult, offset).iter().enumerate() {
                     _mm256_storeu_ps(output.add(at + c0 + 8 * j), *y);
@@ -206,6 +221,18 @@ unsafe fn tail<T: Lanes>(t: &DepthwiseRow<'_>, x: *const T, c0: usize, at: usize
             let mut bytes = [0u8; 16];
             // SAFETY: 16 bytes in `bytes`.
             unsafe { _mm_storeu_si128(bytes.as_mut_ptr().cast(), round_codes!(v, _mm256_setzero_ps())) };
+            for (i, &b) in bytes.iter().enumerate().take(n) {
+                // SAFETY: channel c0 + i < c of the pixel's output (the contract).
+                unsafe { *output.add(at + c0 + i) = b };
+            }
+        }
+        RowStore::FoldedCodes { output, lo, hi } => {
+            let [m0] = mult;
+            let [o0] = offset;
+            let v = folded8(acc, (m0, o0), _mm256_set1_ps(lo), _mm256_set1_ps(hi));
+            let mut bytes = [0u8; 16];
+            // SAFETY: 16 bytes in `bytes`.
+            unsafe { _mm_storeu_si128(bytes.as_mut_ptr().cast(), round_clamped!(v, _mm256_setzero_ps())) };
             for (i, &b) in bytes.iter().enumerate().take(n) {
                 // SAFETY: channel c0 + i < c of the pixel's output (the contract).
                 unsafe { *output.add(at + c0 + i) = b };

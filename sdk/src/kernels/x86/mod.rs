@@ -84,6 +84,16 @@ macro_rules! round_codes {
     }};
 }
 
+/// [`round_codes!`] for values already clamped to [0, 255] (the folded epilogue's): add
+/// 0.5, truncate, pack.
+macro_rules! round_clamped {
+    ($v0:expr, $v1:expr) => {{
+        let code = |v: __m256| _mm256_cvttps_epi32(_mm256_add_ps(v, _mm256_set1_ps(0.5)));
+        let words = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(code($v0), code($v1)));
+        _mm_packus_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256::<1>(words))
+    }};
+}
+
 /// The u8 codes of 16 real values as 16 bytes: [`super::act::quantize_code`]'s
 /// operations, `code(y * inv + zp)`.
 macro_rules! codes_u8 {
@@ -470,7 +480,7 @@ macro_rules! conv_u8_tile {
                     let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
                     for (i, a) in [a0, a1, a2, a3, a4, a5].into_iter().enumerate().take(t.pixels) {
                         if let Some(&out) = output.get(i) {
-                            let bytes = round_codes!(folded8(_mm256_cvtepi32_ps(a), k0, lo, hi), _mm256_setzero_ps());
+                            let bytes = round_clamped!(folded8(_mm256_cvtepi32_ps(a), k0, lo, hi), _mm256_setzero_ps());
                             // SAFETY: `lanes` (<= 8) writable bytes at each valid pixel's output.
                             unsafe { store_bytes(out, bytes, t.lanes) };
                         }
@@ -534,7 +544,7 @@ macro_rules! conv_u8_tile {
                             let v0 = folded8(_mm256_cvtepi32_ps(*a), k0, lo, hi);
                             let v1 = folded8(_mm256_cvtepi32_ps(*b), k1, lo, hi);
                             // SAFETY: `lanes` writable bytes at each valid pixel's output.
-                            unsafe { store_bytes(out, round_codes!(v0, v1), t.lanes) };
+                            unsafe { store_bytes(out, round_clamped!(v0, v1), t.lanes) };
                         }
                     }
                     return;
