@@ -180,6 +180,10 @@ pub struct DepthwiseRow<'a> {
     pub koffs: &'a [usize],
     /// `[position][channel]`.
     pub weights: &'a [f32],
+    /// int8 layers: the same weight codes as 32-bit lanes each holding the i16 pair
+    /// (code, 0) ([`weight_pair`]), for kernels that multiply-add 16-bit pairs (VNNI's
+    /// `vpdpwssd`); may be empty.
+    pub weight_pairs: &'a [u32],
     /// Channels (of the input, the output and the filters).
     pub channels: usize,
     /// Per channel: the sums' scale (int8: input scale x weight scale; f32: 1).
@@ -195,6 +199,12 @@ pub struct DepthwiseRow<'a> {
     pub out_origin: usize,
     /// Where the results go.
     pub store: RowStore,
+}
+
+/// An int8 weight code as the 32-bit lane of [`DepthwiseRow::weight_pairs`]: the i16
+/// pair (code, 0), low half first.
+pub fn weight_pair(code: f32) -> u32 {
+    u32::from(code as i16 as u16)
 }
 
 impl DepthwiseRow<'_> {

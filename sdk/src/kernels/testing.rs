@@ -169,6 +169,12 @@ pub fn run_depthwise(k: &Kernels, c: &Case) -> Vec<u32> {
             (false, false) => code(1e6) / 1e6,
         })
         .collect();
+    // u8 rows carry the pairs (the VNNI path) except on some seeds (the f32 path).
+    let pairs: Vec<u32> = if matches!(input, RowInput::U8(_)) && !c.seed.is_multiple_of(3) {
+        weights.iter().map(|&w| super::weight_pair(w)).collect()
+    } else {
+        Vec::new()
+    };
     let mut next = rng(c.seed ^ 0xD2);
     let k_len = c.positions as f32;
     let (mut mult, mut offset): (Vec<f32>, Vec<f32>) = (0..channels)
@@ -197,6 +203,7 @@ pub fn run_depthwise(k: &Kernels, c: &Case) -> Vec<u32> {
         in_origin: origin,
         koffs: &koffs,
         weights: &weights,
+        weight_pairs: &pairs,
         channels,
         mult: &mult,
         offset: &offset,

@@ -16,7 +16,7 @@ use super::{CpuBuild, CpuOp, Elem, Io, ValueLayout};
 use crate::artifact::layers::{LayerShape, StoredLayer};
 use crate::artifact::Activation;
 use crate::kernels::act::{fold_mult, fold_offset, folded_bounds};
-use crate::kernels::{DepthwiseRow, Kernels, RowInput, RowStore};
+use crate::kernels::{weight_pair, DepthwiseRow, Kernels, RowInput, RowStore};
 use crate::{Error, Result};
 
 /// The input of a row: one image's values.
@@ -43,6 +43,8 @@ pub(crate) struct Depthwise {
     plan: WindowPlan,
     /// `[position][channel]`: f32 weights, or int8 codes.
     weights: Vec<f32>,
+    /// int8: the codes as 16-bit pairs ([`weight_pair`]); empty for f32 layers.
+    weight_pairs: Vec<u32>,
     /// `act(mult * acc + offset)` per channel (f32 layers: `mult` is 1 and `offset` the
     /// bias).
     epilogue: Requant,
@@ -110,6 +112,7 @@ impl Depthwise {
             input,
             output,
             plan,
+            weight_pairs: if layer.quant.is_some() { weights.iter().map(|&w| weight_pair(w)).collect() } else { Vec::new() },
             weights,
             epilogue,
             folded: folded.map(|(_, _, bounds)| bounds),
@@ -158,6 +161,7 @@ impl Depthwise {
             in_origin: 0,
             koffs: &self.plan.offsets,
             weights: &self.weights,
+            weight_pairs: &self.weight_pairs,
             channels: c,
             mult: &self.epilogue.mult,
             offset: &self.epilogue.offset,
@@ -279,6 +283,7 @@ mod tests {
                 input,
                 output,
                 plan: WindowPlan::new(&input, &output, [k, k], &win).unwrap(),
+                weight_pairs: Vec::new(),
                 weights,
                 epilogue: Requant { mult, offset, out: None },
                 folded: None,

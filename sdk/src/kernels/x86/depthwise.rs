@@ -145,6 +145,17 @@ unsafe fn block<T: Lanes, const N: usize>(t: &DepthwiseRow<'_>, x: *const T, c0:
             }
         }
     }
+    // SAFETY: the same contract.
+    unsafe { store_block(t, acc, c0, at) }
+}
+
+/// The epilogue of channels `c0..c0 + 8N` of one pixel from their sums, stored at `at`.
+///
+/// # Safety
+/// As for [`block`].
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn store_block<const N: usize>(t: &DepthwiseRow<'_>, acc: [__m256; N], c0: usize, at: usize) {
     // SAFETY: c0 + 8N values in `mult` and `offset` (the contract, `consistent`).
     let (mult, offset) = unsafe {
         let (m, o) = (t.mult.as_ptr().add(c0), t.offset.as_ptr().add(c0));
@@ -249,4 +260,72 @@ unsafe fn tail<T: Lanes>(t: &DepthwiseRow<'_>, x: *const T, c0: usize, at: usize
             }
         }
     }
+}
+
+/// The depthwise row with AVX-512 VNNI (256-bit registers) for u8 codes whose layer
+/// gives its weights as 16-bit pairs ([`DepthwiseRow::weight_pairs`]): `vpdpwssd` adds
+/// each code (zero-extended to a 32-bit lane, the pair (code, 0)) times its weight (the
+/// pair (weight, 0)) to an i32 sum in one instruction, where the f32 path converts the
+/// code and multiply-adds in two. The sums are the same integers, so the results are
+/// the other builds' bit for bit. Other rows take the AVX2 + FMA path.
+///
+/// # Safety
+/// See [`Kernels::depthwise`](crate::kernels::Kernels::depthwise); the CPU must have
+/// AVX2, FMA, AVX-512 VNNI and AVX-512 VL.
+#[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+pub(super) unsafe fn depthwise_vnni(t: &DepthwiseRow<'_>) {
+    let RowInput::U8(input) = t.input else {
+        // SAFETY: the same contract; AVX2 and FMA are among this function's features.
+        return unsafe { depthwise(t) };
+    };
+    let c = t.channels;
+    if !t.consistent() || t.weight_pairs.len() < t.koffs.len() * c {
+        // SAFETY: as above.
+        return unsafe { depthwise(t) };
+    }
+    for (&ip, &op) in t.in_pix.iter().zip(t.out_pix) {
+        let (ip, at) = (ip - t.in_origin, op - t.out_origin);
+        // SAFETY: as in `pixels`.
+        unsafe {
+            let x = input.add(ip);
+            let mut c0 = 0;
+            while c0 + 32 <= c {
+                block_pairs::<4>(t, x, c0, at);
+                c0 += 32;
+            }
+            while c0 + 8 <= c {
+                block_pairs::<1>(t, x, c0, at);
+                c0 += 8;
+            }
+            if c0 < c {
+                tail(t, x, c0, at);
+            }
+        }
+    }
+}
+
+/// [`block`] for u8 codes on 16-bit weight pairs.
+///
+/// # Safety
+/// As for [`block`], with `weight_pairs` as long as `weights`; the CPU must have the
+/// function's features.
+#[inline]
+#[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+unsafe fn block_pairs<const N: usize>(t: &DepthwiseRow<'_>, x: *const u8, c0: usize, at: usize) {
+    let c = t.channels;
+    let w = t.weight_pairs.as_ptr();
+    let mut acc = [_mm256_setzero_si256(); N];
+    for (k, &koff) in t.koffs.iter().enumerate() {
+        // SAFETY: 8N codes from channel c0 at this window position, and 8N weight pairs
+        // of position k (checked by the caller).
+        unsafe {
+            let (xp, wp) = (x.add(koff + c0), w.add(k * c + c0));
+            for (j, a) in acc.iter_mut().enumerate() {
+                let codes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(xp.add(8 * j).cast()));
+                *a = _mm256_dpwssd_epi32(*a, codes, _mm256_loadu_si256(wp.add(8 * j).cast()));
+            }
+        }
+    }
+    // SAFETY: the same contract.
+    unsafe { store_block(t, acc.map(|a| _mm256_cvtepi32_ps(a)), c0, at) }
 }

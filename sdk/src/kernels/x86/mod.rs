@@ -2,7 +2,8 @@
 //! `vpmaddubsw` + `vpmaddwd`, exact because the tile layers' weights are 7-bit; depthwise
 //! layers' 8-bit weights run on their own op), and AVX-512 VNNI
 //! (int8 with `vpdpbusd` on 256-bit registers: one instruction per 32 multiply-adds).
-//! The depthwise row ([`depthwise`]) is the same AVX2 + FMA build in both tables.
+//! The depthwise row ([`depthwise`]): AVX2 + FMA, and for int8 layers with VNNI's
+//! `vpdpwssd`.
 //!
 //! Every tile keeps [`MR`] x [`PANEL`] accumulators in twelve registers for the whole
 //! reduction; the epilogue does exactly the scalar operations of the portable build
@@ -30,7 +31,7 @@ pub static AVX512_VNNI: Kernels = Kernels {
     name: "avx512vnni",
     conv_f32: conv_f32_avx512,
     conv_u8: conv_u8_vnni,
-    depthwise: depthwise::depthwise,
+    depthwise: depthwise::depthwise_vnni,
     add_u8: add_u8_avx2,
     act_f32: act_avx2,
 };
