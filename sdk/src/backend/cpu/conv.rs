@@ -125,8 +125,19 @@ pub(crate) struct Conv {
     /// Elements of one packed panel.
     panel_len: usize,
     epilogue: Epilogue,
+    /// Units run tile by tile, each through every (group, panel), rather than (group,
+    /// panel) by (group, panel) ([`TILE_MAJOR_MAX_WEIGHT_BYTES`]).
+    tile_major: bool,
     kernels: &'static Kernels,
 }
+
+/// The largest packed weight whose convolution runs tile by tile ([`Conv`]), a quarter
+/// of a 1 MiB L2, so that the panels stay there while the tiles go by. Threads then
+/// split a layer by pixels: split by panels, two threads writing different channels of
+/// the same pixels share their cache lines, and at batch 1 (where each panel has few
+/// tiles, so the threads work on neighbouring panels at once) MobileNetV2's pointwise
+/// convolutions ran slower on 2 threads than on 1.
+const TILE_MAJOR_MAX_WEIGHT_BYTES: usize = 256 * 1024;
 
 /// Per-output-channel `values` in the packed panels' order (lanes past the layer's: 0).
 fn per_panel(shape: &LayerShape, values: &[f32]) -> Vec<[f32; PANEL]> {
@@ -177,7 +188,21 @@ impl Conv {
                 Epilogue::U8 { mult: per_panel(&shape, &r.mult), offset: per_panel(&shape, &r.offset), out: r.out }
             }
         };
-        Ok(Self { name, shape, act, input, output, plan, koffs, weight, panel_len, epilogue, kernels: b.kernels })
+        let tile_major = shape.groups * shape.panels() > 1 && weight.len() <= TILE_MAJOR_MAX_WEIGHT_BYTES;
+        Ok(Self {
+            name,
+            shape,
+            act,
+            input,
+            output,
+            plan,
+            koffs,
+            weight,
+            panel_len,
+            epilogue,
+            tile_major,
+            kernels: b.kernels,
+        })
     }
 
     fn tiles(&self, images: usize) -> usize {
@@ -240,91 +265,108 @@ impl CpuOp for Conv {
             return Err(Error::Internal(format!("{}: units {units:?} of {}", self.name, self.units(io.images))));
         }
         let tiles = self.tiles(io.images).max(1);
-        let (panels, plane) = (self.shape.panels().max(1), self.plan.in_pix.len().max(1));
+        let gps = (self.shape.groups * self.shape.panels()).max(1);
+        let plane = self.plan.in_pix.len().max(1);
+        let start = |tile: usize| ((tile * MR) / plane, (tile * MR) % plane);
+        let mut u = units.start;
+        while u < units.end {
+            if self.tile_major {
+                // One tile through every (group, panel): threads share out pixels, never
+                // the cache lines of one pixel's channels.
+                let tile = u / gps;
+                let last = units.end.min((tile + 1) * gps);
+                let pixels = self.tile_pixels(start(tile), io.images);
+                for unit in u..last {
+                    self.run_tile(io, weights, unit % gps, pixels)?;
+                }
+                u = last;
+            } else {
+                // One (group, panel) at a time: its weights stay in cache across its tiles.
+                let gp = u / tiles;
+                let last = units.end.min((gp + 1) * tiles);
+                let mut at = start(u % tiles);
+                for _ in u..last {
+                    self.run_tile(io, weights, gp, self.tile_pixels(at, io.images))?;
+                    at = advance(at, plane);
+                }
+                u = last;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Conv {
+    /// Runs (group, panel) `gp` of one tile whose pixels are `(ins, outs, valid)`
+    /// ([`Conv::tile_pixels`]).
+    fn run_tile(
+        &self,
+        io: &Io<'_>,
+        weights: &[u8],
+        gp: usize,
+        (ins, outs, valid): ([usize; MR], [usize; MR], usize),
+    ) -> Result<()> {
+        let panels = self.shape.panels().max(1);
+        let (g, panel) = (gp / panels, gp % panels);
         let (cg, og) = (self.shape.cin_g(), self.shape.out_g());
+        let lanes = PANEL.min(og - panel * PANEL);
+        let (channel0, out0) = (g * cg, g * og + panel * PANEL);
         let (out_ptr, _) = io.output_ptr();
         let no_panel = || Error::Internal(format!("{}: a weight panel outside the layer", self.name));
         let zero = [0f32; PANEL];
-        // One (group, panel) at a time: its weights stay in cache across its tiles.
-        let mut u = units.start;
-        while u < units.end {
-            let gp = u / tiles;
-            let last = units.end.min((gp + 1) * tiles);
-            let (g, panel) = (gp / panels, gp % panels);
-            let lanes = PANEL.min(og - panel * PANEL);
-            let channel0 = g * cg;
-            let out0 = g * og + panel * PANEL;
-            let first_pixel = (u % tiles) * MR;
-            let mut at = (first_pixel / plane, first_pixel % plane);
-            match &self.epilogue {
-                Epilogue::F32 { bias } => {
-                    let x = io.input_f32(0)?;
-                    let w: &[f32] = bytemuck::try_cast_slice(weights).map_err(|_| Error::Internal("weights".into()))?;
-                    let w = w.get(gp * self.panel_len..(gp + 1) * self.panel_len).ok_or_else(no_panel)?;
-                    let bias = bias.get(gp).unwrap_or(&zero);
-                    for _ in u..last {
-                        let (ins, outs, valid) = self.tile_pixels(at, io.images);
-                        let tile = ConvTileF32 {
-                            input: ins.map(|i| x.as_ptr().wrapping_add(i + channel0)),
-                            koffs: &self.koffs,
-                            weights: w.as_ptr(),
-                            bias,
-                            act: self.act,
-                            output: outs.map(|o| out_ptr.cast::<f32>().wrapping_add(o + out0)),
-                            pixels: valid,
-                            lanes,
-                        };
-                        for _ in 0..crate::kernels::REPEAT {
-                            // SAFETY: `Conv::new` checked that every window of every pixel of
-                            // an image, at this group's channels, lies inside an input image
-                            // and every result inside an output image; `check_io` that the
-                            // chunk's buffers hold `images` images and the panel lies in the
-                            // file. The units of concurrent threads write disjoint (pixel,
-                            // channel) sets.
-                            unsafe { (self.kernels.conv_f32)(&tile) };
-                        }
-                        at = advance(at, plane);
-                    }
-                }
-                Epilogue::U8 { mult, offset, out } => {
-                    let x = io.input_u8(0)?;
-                    let w: &[i8] = bytemuck::cast_slice(weights);
-                    let w = w.get(gp * self.panel_len..(gp + 1) * self.panel_len).ok_or_else(no_panel)?;
-                    let (mult, offset) = (mult.get(gp).unwrap_or(&zero), offset.get(gp).unwrap_or(&zero));
-                    for _ in u..last {
-                        let (ins, outs, valid) = self.tile_pixels(at, io.images);
-                        let store = match out {
-                            Some((inv_scale, zero_point)) => StoreU8::Codes {
-                                output: outs.map(|o| out_ptr.wrapping_add(o + out0)),
-                                inv_scale: *inv_scale,
-                                zero_point: *zero_point,
-                            },
-                            None => {
-                                StoreU8::Real { output: outs.map(|o| out_ptr.cast::<f32>().wrapping_add(o + out0)) }
-                            }
-                        };
-                        let tile = ConvTileU8 {
-                            input: ins.map(|i| x.as_ptr().wrapping_add(i + channel0)),
-                            koffs: &self.koffs,
-                            weights: w.as_ptr(),
-                            mult,
-                            offset,
-                            act: self.act,
-                            store,
-                            pixels: valid,
-                            lanes,
-                        };
-                        for _ in 0..crate::kernels::REPEAT {
-                            // SAFETY: as for f32 above, with 4 * quads bytes per window
-                            // position from the group's first channel (checked in
-                            // `Conv::new`).
-                            unsafe { (self.kernels.conv_u8)(&tile) };
-                        }
-                        at = advance(at, plane);
-                    }
+        match &self.epilogue {
+            Epilogue::F32 { bias } => {
+                let x = io.input_f32(0)?;
+                let w: &[f32] = bytemuck::try_cast_slice(weights).map_err(|_| Error::Internal("weights".into()))?;
+                let w = w.get(gp * self.panel_len..(gp + 1) * self.panel_len).ok_or_else(no_panel)?;
+                let tile = ConvTileF32 {
+                    input: ins.map(|i| x.as_ptr().wrapping_add(i + channel0)),
+                    koffs: &self.koffs,
+                    weights: w.as_ptr(),
+                    bias: bias.get(gp).unwrap_or(&zero),
+                    act: self.act,
+                    output: outs.map(|o| out_ptr.cast::<f32>().wrapping_add(o + out0)),
+                    pixels: valid,
+                    lanes,
+                };
+                for _ in 0..crate::kernels::REPEAT {
+                    // SAFETY: `Conv::new` checked that every window of every pixel of an
+                    // image, at this group's channels, lies inside an input image and
+                    // every result inside an output image; `check_io` that the chunk's
+                    // buffers hold `images` images and the panel lies in the file. The
+                    // units of concurrent threads write disjoint (pixel, channel) sets.
+                    unsafe { (self.kernels.conv_f32)(&tile) };
                 }
             }
-            u = last;
+            Epilogue::U8 { mult, offset, out } => {
+                let x = io.input_u8(0)?;
+                let w: &[i8] = bytemuck::cast_slice(weights);
+                let w = w.get(gp * self.panel_len..(gp + 1) * self.panel_len).ok_or_else(no_panel)?;
+                let store = match out {
+                    Some((inv_scale, zero_point)) => StoreU8::Codes {
+                        output: outs.map(|o| out_ptr.wrapping_add(o + out0)),
+                        inv_scale: *inv_scale,
+                        zero_point: *zero_point,
+                    },
+                    None => StoreU8::Real { output: outs.map(|o| out_ptr.cast::<f32>().wrapping_add(o + out0)) },
+                };
+                let tile = ConvTileU8 {
+                    input: ins.map(|i| x.as_ptr().wrapping_add(i + channel0)),
+                    koffs: &self.koffs,
+                    weights: w.as_ptr(),
+                    mult: mult.get(gp).unwrap_or(&zero),
+                    offset: offset.get(gp).unwrap_or(&zero),
+                    act: self.act,
+                    store,
+                    pixels: valid,
+                    lanes,
+                };
+                for _ in 0..crate::kernels::REPEAT {
+                    // SAFETY: as for f32 above, with 4 * quads bytes per window position
+                    // from the group's first channel (checked in `Conv::new`).
+                    unsafe { (self.kernels.conv_u8)(&tile) };
+                }
+            }
         }
         Ok(())
     }
