@@ -60,7 +60,8 @@ pub use fsutil::write_atomic;
 pub use model::{Model, ModelOptions};
 pub use preprocess::{Normalization, CIFAR10_CLASSES, INPUT_CHANNELS, INPUT_SIZE};
 pub use session::{
-    classify_logits, max_relative_error, softmax, top1_agreement, top_k_indices, Classification, Prediction, Session,
+    classify_logits, max_relative_error, signal_to_noise_db, softmax, top1_agreement, top_k_indices, Classification,
+    Prediction, Session,
 };
 
 /// Version of this crate.

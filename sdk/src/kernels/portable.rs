@@ -5,9 +5,9 @@
 //! SIMD build does the same operations in the same order.
 
 use super::act::{activate, fold_mult, fold_offset, folded_bounds, folded_code, quantize_code};
-use crate::artifact::Activation;
 use super::{ConvTileF32, ConvTileU8, DepthwiseRow, Kernels, RowInput, RowStore, StoreU8, MR, PANEL};
 use crate::artifact::layers::QUAD;
+use crate::artifact::Activation;
 
 /// The portable table.
 pub static KERNELS: Kernels = Kernels { name: "portable", conv_f32, conv_u8, depthwise, add_u8, act_f32 };
@@ -111,9 +111,7 @@ unsafe fn conv_u8(t: &ConvTileU8<'_>) {
 #[inline(always)]
 fn code_of(acc: f32, m: f32, o: f32, act: Activation, inv_scale: f32, zero_point: f32) -> u8 {
     match folded_bounds(act, inv_scale, zero_point) {
-        Some(bounds) => {
-            folded_code(acc, fold_mult(m, inv_scale), fold_offset(o, inv_scale, zero_point), bounds)
-        }
+        Some(bounds) => folded_code(acc, fold_mult(m, inv_scale), fold_offset(o, inv_scale, zero_point), bounds),
         None => quantize_code(activate(act, acc * m + o), inv_scale, zero_point),
     }
 }

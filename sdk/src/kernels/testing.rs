@@ -157,14 +157,16 @@ pub fn run_depthwise(k: &Kernels, c: &Case) -> Vec<u32> {
     let codes_in: Vec<u8> =
         (0..input_len).map(|_| if c.extreme { 255 } else { (code(128.0) + 127.0).max(0.0) as u8 }).collect();
     let reals_in: Vec<f32> = (0..input_len).map(|_| code(1e6) / 1e6).collect();
-    let input = if c.codes || c.extreme {
-        RowInput::U8(codes_in.as_ptr())
-    } else {
-        RowInput::F32(reals_in.as_ptr())
-    };
+    let input = if c.codes || c.extreme { RowInput::U8(codes_in.as_ptr()) } else { RowInput::F32(reals_in.as_ptr()) };
     let weights: Vec<f32> = (0..c.positions * channels)
         .map(|i| match (c.extreme, c.codes) {
-            (true, _) => if i % 3 == 0 { -127.0 } else { 127.0 },
+            (true, _) => {
+                if i % 3 == 0 {
+                    -127.0
+                } else {
+                    127.0
+                }
+            }
             (false, true) => code(127.0),
             (false, false) => code(1e6) / 1e6,
         })

@@ -184,8 +184,9 @@ pub fn best_int8(
         let logits = eval::sdk_logits(&m, split, val, Tta::None)?;
         let acc = accuracy(&logits, classes, split, val);
         let agree = cifar_sdk::top1_agreement(f32_logits, &logits, classes);
+        let snr = cifar_sdk::signal_to_noise_db(f32_logits, &logits);
         errln!(
-            "int8 ({}): validation accuracy {:.2}%, top-1 as f32 on {:.2}%",
+            "int8 ({}): validation accuracy {:.2}%, top-1 as f32 on {:.2}%, logits {snr:.1} dB from f32",
             method.name(),
             100.0 * acc,
             100.0 * agree

@@ -112,7 +112,11 @@ impl Depthwise {
             input,
             output,
             plan,
-            weight_pairs: if layer.quant.is_some() { weights.iter().map(|&w| weight_pair(w)).collect() } else { Vec::new() },
+            weight_pairs: if layer.quant.is_some() {
+                weights.iter().map(|&w| weight_pair(w)).collect()
+            } else {
+                Vec::new()
+            },
             weights,
             epilogue,
             folded: folded.map(|(_, _, bounds)| bounds),
@@ -260,15 +264,13 @@ mod tests {
             s ^= s << 17;
             (s % 2001) as f32 / 1000.0 - 1.0
         };
-        for (c, stride, act) in
-            [
+        for (c, stride, act) in [
             (5, 1, Activation::Relu6),
             (64, 2, Activation::Hardswish),
             (70, 1, Activation::Sigmoid),
             (45, 1, Activation::Gelu),
             (16, 2, Activation::None),
-        ]
-        {
+        ] {
             let (h, w, k) = (6, 5, 3);
             let (oh, ow) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
             let input = layout(h, w, c, 1, Elem::F32);
@@ -328,7 +330,12 @@ mod tests {
                 let mut y = vec![0f32; output.image_len()];
                 for oy in 0..oh {
                     let (first, end) = row_range(oy);
-                    assert!(op.run_row(RowIn::F32(&x), oy * ow..(oy + 1) * ow, first, RowOut::Real(&mut y[first..end])));
+                    assert!(op.run_row(
+                        RowIn::F32(&x),
+                        oy * ow..(oy + 1) * ow,
+                        first,
+                        RowOut::Real(&mut y[first..end])
+                    ));
                 }
                 close(&y, &want_f, &format!("f32 on {name}"));
                 let mut y = vec![0f32; output.image_len()];
