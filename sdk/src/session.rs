@@ -55,16 +55,20 @@ pub fn max_relative_error(reference: &[f32], other: &[f32], classes: usize) -> f
         .fold(0f32, f32::max) as f64
 }
 
-/// How close `other` is to `reference` (logits of the same images): the
-/// signal-to-noise ratio `10 log10(sum reference^2 / sum (other - reference)^2)` in
-/// decibels; infinite where they are equal. Unlike top-1 agreement it moves with every
-/// change of the numbers, not only with the few images near a tie.
+/// How close `other` is to `reference` (logits of the same images, as many values):
+/// the signal-to-noise ratio `10 log10(sum reference^2 / sum (other - reference)^2)` in
+/// decibels; infinite where they are equal (empty included). Unlike top-1 agreement it
+/// moves with every change of the numbers, not only with the few images near a tie.
 pub fn signal_to_noise_db(reference: &[f32], other: &[f32]) -> f64 {
     let (signal, noise) = reference.iter().zip(other).fold((0f64, 0f64), |(s, n), (&r, &o)| {
         let d = f64::from(o) - f64::from(r);
         (s + f64::from(r) * f64::from(r), n + d * d)
     });
-    10.0 * (signal / noise).log10()
+    if noise == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (signal / noise).log10()
+    }
 }
 
 /// The fraction of images (rows of `classes` logits) on which `a` and `b` have the same
@@ -273,6 +277,8 @@ mod tests {
     fn signal_to_noise_is_in_decibels_and_infinite_when_equal() {
         let r = [3.0, -4.0];
         assert_eq!(signal_to_noise_db(&r, &r), f64::INFINITY);
+        assert_eq!(signal_to_noise_db(&[0.0], &[0.0]), f64::INFINITY);
+        assert_eq!(signal_to_noise_db(&[], &[]), f64::INFINITY);
         // Noise power 1 against signal power 25: 10 log10(25) dB.
         let snr = signal_to_noise_db(&r, &[3.0, -3.0]);
         assert!((snr - 10.0 * 25f64.log10()).abs() < 1e-9, "{snr}");

@@ -264,3 +264,44 @@ fn depthwise_convolutions_match_the_reference() {
     let err = max_rel(&got, &fake);
     assert!(err < 0.02, "int8 vs fake-quantized reference: {err}");
 }
+
+/// Convolutions run in both unit orders: panel by panel where the packed weights are
+/// large (c2: 3x3, 128 -> 256, 295 KB in int8), tile by tile where they are small (c1,
+/// c3); f32 against the reference, int8 against the fake-quantized reference, and batch
+/// 1 (every layer shared among the threads) the same bits on 1 and 2 threads.
+#[test]
+fn large_and_small_convolutions_match_the_reference_on_any_thread_count() {
+    use cifar_sdk::artifact::*;
+    let conv = |out, k: usize, s: usize, act| {
+        Op::Conv2d(Conv2d { out_channels: out, kernel: [k; 2], stride: [s; 2], padding: [k / 2; 2], groups: 1, act })
+    };
+    let node = |name: &str, input: &str, op| Node { name: name.into(), inputs: vec![input.into()], op, quant: None };
+    let mut g = zoo_graph();
+    g.nodes = vec![
+        node("c1", "input", conv(128, 3, 4, Activation::Relu)),
+        node("c2", "c1", conv(256, 3, 1, Activation::Relu6)),
+        node("c3", "c2", conv(40, 1, 1, Activation::None)),
+        node("gp", "c3", Op::GlobalAvgPool(GlobalAvgPool { act: Activation::None })),
+        node("head", "gp", Op::Linear(Linear { out_features: CLASSES, act: Activation::None })),
+    ];
+    let w = random_weights(&g, 71);
+    let n = 3;
+    let imgs = random_images(n, 72);
+    let want: Vec<f32> = imgs.chunks(3072).flat_map(|im| reference(&g, &w, im, &mut |_, _| {})).collect();
+    let f32_bytes = f32_writer(&g, &w).to_bytes().unwrap();
+    let int8_bytes = int8_writer(&g, &w, &imgs, n).to_bytes().unwrap();
+    let logits = |bytes: &[u8], threads: usize, batch: usize| {
+        let model = Model::from_bytes(bytes, &opts(threads, 4)).unwrap();
+        let got = model.session().unwrap().logits_nchw(&imgs[..batch * 3072], batch).unwrap();
+        (model, got)
+    };
+    let (_, f32_logits) = logits(&f32_bytes, 2, n);
+    let err = max_rel(&f32_logits, &want);
+    assert!(err < 1e-5, "f32: {err}");
+    let (model, int8_logits) = logits(&int8_bytes, 2, n);
+    let err = max_rel(&int8_logits, &fake_quantized(&model, &g, &w, &imgs));
+    assert!(err < 0.02, "int8 vs fake-quantized reference: {err}");
+    for (precision, bytes) in [("f32", &f32_bytes), ("int8", &int8_bytes)] {
+        assert_eq!(logits(bytes, 1, 1).1, logits(bytes, 2, 1).1, "{precision}: batch 1, 1 and 2 threads differ");
+    }
+}

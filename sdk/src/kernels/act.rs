@@ -75,6 +75,22 @@ pub fn folded_bounds(act: Activation, inv_scale: f32, zero_point: f32) -> Option
     }
 }
 
+/// Folds an epilogue's per-channel `mult` and `offset` in place into [`folded_code`]'s
+/// `mult'` and `offset'` for `act` and the output encoding, and returns the clamp's
+/// bounds; leaves them as they are and returns `None` where `act` is not a clamp.
+pub fn fold_ahead(
+    mult: &mut [f32],
+    offset: &mut [f32],
+    act: Activation,
+    inv_scale: f32,
+    zero_point: f32,
+) -> Option<(f32, f32)> {
+    let bounds = folded_bounds(act, inv_scale, zero_point)?;
+    mult.iter_mut().for_each(|m| *m = fold_mult(*m, inv_scale));
+    offset.iter_mut().for_each(|o| *o = fold_offset(*o, inv_scale, zero_point));
+    Some(bounds)
+}
+
 /// `mult'` of [`folded_code`].
 #[inline(always)]
 pub fn fold_mult(mult: f32, inv_scale: f32) -> f32 {

@@ -57,7 +57,8 @@ pub struct ConvTileF32<'a> {
 /// Where an int8 tile stores its results.
 #[derive(Debug, Clone, Copy)]
 pub enum StoreU8 {
-    /// u8 codes `clamp(round(y / scale + zero_point))`: `inv_scale = 1 / scale`.
+    /// u8 codes `clamp(round(y / scale + zero_point))`: `inv_scale = 1 / scale`; after
+    /// none, ReLU or ReLU6 in the folded form ([`act::folded_code`]).
     Codes {
         /// Per pixel: where its lane 0 goes.
         output: [*mut u8; MR],
@@ -119,7 +120,8 @@ pub struct AddU8<'a> {
 /// Where a [`DepthwiseRow`] stores its results.
 #[derive(Debug, Clone, Copy)]
 pub enum RowStore {
-    /// u8 codes `clamp(round(y / scale + zero_point))`: `inv_scale = 1 / scale`.
+    /// u8 codes `clamp(round(y / scale + zero_point))`: `inv_scale = 1 / scale`; after
+    /// none, ReLU or ReLU6 in the folded form ([`act::folded_code`]).
     Codes {
         /// The row's output; pixel `p`'s channels start at `out_pix[p] - out_origin`.
         output: *mut u8,
@@ -129,13 +131,15 @@ pub enum RowStore {
         zero_point: f32,
     },
     /// u8 codes of the folded epilogue ([`act::folded_code`]) with the op's constants
-    /// folded ahead: `mult` and `offset` hold `mult'` and `offset'`, and the activation
-    /// is the clamp to `[lo, hi]`. (`Codes` folds them per block; this saves the work on
-    /// every pixel.)
+    /// folded ahead ([`act::fold_ahead`]): `mult` and `offset` hold `mult'` and
+    /// `offset'`, and the activation is the clamp to `[lo, hi]`. (`Codes` folds them per
+    /// block; this saves the work on every pixel.)
     FoldedCodes {
         /// As for `Codes`.
         output: *mut u8,
-        /// The clamp's bounds on the code grid ([`act::folded_bounds`]).
+        /// The clamp's bounds on the code grid ([`act::folded_bounds`]), with `0 <= lo
+        /// <= hi <= 255` ([`DepthwiseRow::consistent`]): the kernels round without
+        /// clamping again.
         lo: f32,
         /// See `lo`.
         hi: f32,
@@ -208,9 +212,15 @@ pub fn weight_pair(code: f32) -> u32 {
 }
 
 impl DepthwiseRow<'_> {
-    /// Whether the slices agree with `channels` (the kernels do nothing otherwise).
+    /// Whether the slices agree with `channels` and the store's bounds are on the code
+    /// grid (the kernels do nothing otherwise).
     pub fn consistent(&self) -> bool {
-        self.weights.len() >= self.koffs.len() * self.channels
+        let bounds_ok = match self.store {
+            RowStore::FoldedCodes { lo, hi, .. } => 0.0 <= lo && lo <= hi && hi <= 255.0,
+            RowStore::Codes { .. } | RowStore::Real { .. } => true,
+        };
+        bounds_ok
+            && self.koffs.len().checked_mul(self.channels).is_some_and(|n| self.weights.len() >= n)
             && self.mult.len() >= self.channels
             && self.offset.len() >= self.channels
             && self.in_pix.len() == self.out_pix.len()

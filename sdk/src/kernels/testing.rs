@@ -7,7 +7,8 @@ use super::{ConvTileF32, ConvTileU8, DepthwiseRow, Kernels, RowInput, RowStore, 
 use crate::artifact::layers::QUAD;
 use crate::artifact::Activation;
 
-/// A random convolution tile: geometry and values.
+/// A random case for every kernel: a convolution tile's geometry and values, read by
+/// the depthwise row ([`run_depthwise`]), the add and the activation in their own terms.
 #[derive(Debug, Clone)]
 pub struct Case {
     /// Window positions and their spacing (element offsets `p * spacing`).
@@ -26,10 +27,12 @@ pub struct Case {
     pub act: u8,
     /// Seed of the values.
     pub seed: u64,
-    /// int8: store codes (true) or real values.
+    /// int8: store codes (true) or real values; the depthwise row: u8 inputs and codes
+    /// (true) or f32 inputs and reals.
     pub codes: bool,
     /// int8: every input 255 and every weight pair +-64 with one sign (the largest pair
-    /// sums, where i16 arithmetic would saturate).
+    /// sums, where i16 arithmetic would saturate); the depthwise row: every input 255
+    /// and every weight 127 (the largest sums, which must stay exact).
     pub extreme: bool,
 }
 
@@ -110,7 +113,8 @@ pub fn run_u8(k: &Kernels, c: &Case) -> Vec<u32> {
         let base = codes.as_mut_ptr();
         StoreU8::Codes {
             output: std::array::from_fn(|i| base.wrapping_add(i * PANEL)),
-            inv_scale: 40.0,
+            // ReLU6's top (6 x 20 + 97) is inside the code range.
+            inv_scale: 20.0,
             zero_point: 97.0,
         }
     } else {
@@ -141,7 +145,7 @@ pub fn run_u8(k: &Kernels, c: &Case) -> Vec<u32> {
 /// of `positions` positions `spacing` apart (at least a pixel's channels), pixels
 /// `pixel_stride` apart, counted from an origin of `act` (`in_origin`). With `codes`
 /// (an int8 layer), u8 inputs, 8-bit weight codes as f32 and code outputs; with
-/// `extreme`, every input 255 and every weight +-127; otherwise f32 reals. Returns the
+/// `extreme`, every input 255 and every weight 127; otherwise f32 reals. Returns the
 /// stored bytes or values as bits.
 pub fn run_depthwise(k: &Kernels, c: &Case) -> Vec<u32> {
     let mut next = rng(c.seed ^ 0xD1);
@@ -159,14 +163,8 @@ pub fn run_depthwise(k: &Kernels, c: &Case) -> Vec<u32> {
     let reals_in: Vec<f32> = (0..input_len).map(|_| code(1e6) / 1e6).collect();
     let input = if c.codes || c.extreme { RowInput::U8(codes_in.as_ptr()) } else { RowInput::F32(reals_in.as_ptr()) };
     let weights: Vec<f32> = (0..c.positions * channels)
-        .map(|i| match (c.extreme, c.codes) {
-            (true, _) => {
-                if i % 3 == 0 {
-                    -127.0
-                } else {
-                    127.0
-                }
-            }
+        .map(|_| match (c.extreme, c.codes) {
+            (true, _) => 127.0,
             (false, true) => code(127.0),
             (false, false) => code(1e6) / 1e6,
         })
@@ -178,7 +176,8 @@ pub fn run_depthwise(k: &Kernels, c: &Case) -> Vec<u32> {
         Vec::new()
     };
     let mut next = rng(c.seed ^ 0xD2);
-    let k_len = c.positions as f32;
+    // Scales that keep most codes off the clamps (sums of u8 x 8-bit codes are large).
+    let k_len = c.positions as f32 * if matches!(input, RowInput::U8(_)) { 32.0 } else { 1.0 };
     let (mut mult, mut offset): (Vec<f32>, Vec<f32>) = (0..channels)
         .map(|_| ((1 + next() % 100) as f32 / (2000.0 * k_len), (next() % 2001) as f32 / 500.0 - 2.0))
         .unzip();
@@ -188,14 +187,14 @@ pub fn run_depthwise(k: &Kernels, c: &Case) -> Vec<u32> {
     let mut reals = vec![f32::NAN; c.pixels * channels];
     // Codes: folded ahead where the activation folds and the seed is odd, folded by
     // the kernel otherwise.
-    let (inv_scale, zero_point) = (40.0, 97.0);
-    let ahead = super::act::folded_bounds(act(c.act), inv_scale, zero_point).filter(|_| c.seed % 2 == 1);
+    let (inv_scale, zero_point) = (20.0, 97.0);
+    let ahead = if c.codes && c.seed % 2 == 1 {
+        super::act::fold_ahead(&mut mult, &mut offset, act(c.act), inv_scale, zero_point)
+    } else {
+        None
+    };
     let store = match (c.codes, ahead) {
-        (true, Some((lo, hi))) => {
-            mult.iter_mut().for_each(|m| *m = super::act::fold_mult(*m, inv_scale));
-            offset.iter_mut().for_each(|o| *o = super::act::fold_offset(*o, inv_scale, zero_point));
-            RowStore::FoldedCodes { output: codes.as_mut_ptr(), lo, hi }
-        }
+        (true, Some((lo, hi))) => RowStore::FoldedCodes { output: codes.as_mut_ptr(), lo, hi },
         (true, None) => RowStore::Codes { output: codes.as_mut_ptr(), inv_scale, zero_point },
         (false, _) => RowStore::Real { output: reals.as_mut_ptr() },
     };
@@ -267,7 +266,7 @@ pub fn check(k: &Kernels, c: &Case) -> Result<(), String> {
         return Err(format!("{}: conv_u8 differs from the portable build on {c:?}", k.name));
     }
     if run_depthwise(k, c) != run_depthwise(p, c) {
-        return Err(format!("{}: depthwise_u8 differs from the portable build on {c:?}", k.name));
+        return Err(format!("{}: depthwise differs from the portable build on {c:?}", k.name));
     }
     Ok(())
 }
@@ -333,6 +332,22 @@ macro_rules! kernel_tests {
                 };
                 let result = $crate::kernels::testing::check(table, &case);
                 assert!(result.is_ok(), "{result:?}");
+                // The depthwise row's largest window: sums up to 512 x 255 x 127, still
+                // exact in f32 (and in the VNNI build's i32).
+                let largest = $crate::kernels::testing::Case {
+                    positions: $crate::artifact::layers::MAX_DEPTHWISE_POSITIONS,
+                    spacing: 40,
+                    depth: 20,
+                    lanes: 16,
+                    ..case
+                };
+                let p = &$crate::kernels::portable::KERNELS;
+                assert_eq!(
+                    $crate::kernels::testing::run_depthwise(table, &largest),
+                    $crate::kernels::testing::run_depthwise(p, &largest),
+                    "{}: the largest depthwise window",
+                    table.name
+                );
             }
         }
     };

@@ -133,10 +133,10 @@ pub(crate) struct Conv {
 
 /// The largest packed weight whose convolution runs tile by tile ([`Conv`]), a quarter
 /// of a 1 MiB L2, so that the panels stay there while the tiles go by. Threads then
-/// split a layer by pixels: split by panels, two threads writing different channels of
-/// the same pixels share their cache lines, and at batch 1 (where each panel has few
-/// tiles, so the threads work on neighbouring panels at once) MobileNetV2's pointwise
-/// convolutions ran slower on 2 threads than on 1.
+/// split a layer mostly by pixels: split by panels, two threads writing different
+/// channels of the same pixels share their cache lines, and at batch 1 (where each
+/// panel has few tiles, so the threads work on neighbouring panels at once)
+/// MobileNetV2's pointwise convolutions ran slower on 2 threads than on 1.
 const TILE_MAJOR_MAX_WEIGHT_BYTES: usize = 256 * 1024;
 
 /// Per-output-channel `values` in the packed panels' order (lanes past the layer's: 0).
@@ -271,8 +271,8 @@ impl CpuOp for Conv {
         let mut u = units.start;
         while u < units.end {
             if self.tile_major {
-                // One tile through every (group, panel): threads share out pixels, never
-                // the cache lines of one pixel's channels.
+                // One tile through every (group, panel): threads share out pixels (a
+                // tile's panels go to two threads only where a claimed range ends in it).
                 let tile = u / gps;
                 let last = units.end.min((tile + 1) * gps);
                 let pixels = self.tile_pixels(start(tile), io.images);

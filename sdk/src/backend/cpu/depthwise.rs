@@ -1,13 +1,14 @@
 //! Depthwise convolutions (one filter per channel: `groups == in == out channels`, as in
 //! MobileNet's inverted residuals and the per-channel affine maps an importer leaves
-//! standalone). The dense tile kernels would spend one of [`PANEL`] lanes per group on
-//! them; here each output pixel is a multiply-add over the window, vectorized across
+//! standalone). The dense tile kernels would spend one of
+//! [`PANEL`](crate::kernels::PANEL) lanes per group on them; here each output pixel is a multiply-add over the window, vectorized across
 //! channels (values are NHWC, so a pixel's channels are contiguous).
 //!
 //! The filters are repacked once, when the op is built, from the file's packed panels
 //! into `[window position][channel]` (f32 weights, or int8 codes as f32), and each
 //! output row runs on the kernel table's [`depthwise`](crate::kernels::Kernels::depthwise)
-//! row, f32 values or u8 codes (whose sums stay exact in f32).
+//! row, on f32 values or u8 codes (whose sums are exact integers, in f32 or, with VNNI,
+//! in i32: [`DepthwiseRow`]).
 
 use std::ops::Range;
 
@@ -15,7 +16,7 @@ use super::conv::{requantization, Requant, Window, WindowPlan};
 use super::{CpuBuild, CpuOp, Elem, Io, ValueLayout};
 use crate::artifact::layers::{LayerShape, StoredLayer};
 use crate::artifact::Activation;
-use crate::kernels::act::{fold_mult, fold_offset, folded_bounds};
+use crate::kernels::act::fold_ahead;
 use crate::kernels::{weight_pair, DepthwiseRow, Kernels, RowInput, RowStore};
 use crate::{Error, Result};
 
@@ -51,6 +52,9 @@ pub(crate) struct Depthwise {
     /// Where the output is codes after a clamp activation: the clamp's bounds on the code
     /// grid, and `epilogue` holds the folded constants ([`RowStore::FoldedCodes`]).
     folded: Option<(f32, f32)>,
+    /// The farthest value a window reads from its first, plus one: the largest window
+    /// offset plus the channels.
+    far: usize,
     /// The rows' kernel.
     kernels: &'static Kernels,
 }
@@ -100,11 +104,9 @@ impl Depthwise {
             Some((scale, sum)) => requantization(b, layer.bias, scale, sum)?,
         };
         // Codes after a clamp activation: the epilogue's constants folded once, here.
-        let folded = epilogue.out.and_then(|(inv, zp)| Some((inv, zp, folded_bounds(act, inv, zp)?)));
-        if let Some((inv, zp, _)) = folded {
-            epilogue.mult.iter_mut().for_each(|m| *m = fold_mult(*m, inv));
-            epilogue.offset.iter_mut().for_each(|o| *o = fold_offset(*o, inv, zp));
-        }
+        let folded =
+            epilogue.out.and_then(|(inv, zp)| fold_ahead(&mut epilogue.mult, &mut epilogue.offset, act, inv, zp));
+        let far = plan.offsets.iter().max().copied().unwrap_or(0) + c;
         Ok(Self {
             name,
             channels: c,
@@ -119,7 +121,8 @@ impl Depthwise {
             },
             weights,
             epilogue,
-            folded: folded.map(|(_, _, bounds)| bounds),
+            folded,
+            far,
             kernels: b.kernels,
         })
     }
@@ -138,7 +141,7 @@ impl Depthwise {
         else {
             return false;
         };
-        let far = self.plan.offsets.iter().max().copied().unwrap_or(0) + c;
+        let far = self.far;
         let (in_len, input) = match x {
             RowIn::F32(x) => (x.len(), RowInput::F32(x.as_ptr())),
             RowIn::U8(x) => (x.len(), RowInput::U8(x.as_ptr())),
@@ -289,8 +292,10 @@ mod tests {
                 weights,
                 epilogue: Requant { mult, offset, out: None },
                 folded: None,
+                far: 0,
                 kernels: &crate::kernels::portable::KERNELS,
             };
+            op.far = op.plan.offsets.iter().max().unwrap() + c;
             // Interior values random, border 0 (f32) or code 0 (u8: any code is a value).
             let mut x = vec![0f32; input.image_len()];
             for y in 0..h {
@@ -353,11 +358,9 @@ mod tests {
                 }
                 // Codes after a clamp activation, with the constants folded ahead (as
                 // `Depthwise::new` does): the same codes.
-                if let Some(bounds) = folded_bounds(act, inv, zp) {
-                    let plain = (op.epilogue.mult.clone(), op.epilogue.offset.clone());
-                    op.epilogue.mult.iter_mut().for_each(|m| *m = fold_mult(*m, inv));
-                    op.epilogue.offset.iter_mut().for_each(|o| *o = fold_offset(*o, inv, zp));
-                    op.folded = Some(bounds);
+                let plain = (op.epilogue.mult.clone(), op.epilogue.offset.clone());
+                op.folded = fold_ahead(&mut op.epilogue.mult, &mut op.epilogue.offset, act, inv, zp);
+                if op.folded.is_some() {
                     let mut folded = vec![0u8; output.image_len()];
                     for oy in 0..oh {
                         let (first, end) = row_range(oy);
