@@ -6,7 +6,8 @@
 #   - builds the C test suite against the shared and the static library through
 #     pkg-config and runs both, the shared one under valgrind,
 #   - builds and runs the C and C++ examples and the C++ tests,
-#   - installs the Python package into a virtual environment and runs pytest.
+#   - installs the Python package into a virtual environment and runs pytest, including
+#     an ONNX model imported by the trainer against ONNX Runtime's logits.
 # (include/cifar.h's freshness is checked by `cargo test -p cifar-ffi --test header`.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,10 +58,15 @@ c++ -std=c++17 $cflags -I bindings/cpp bindings/cpp/tests/test_cifar.cpp $(pkg-c
   -o "$work/test_cpp"
 "$work/test_cpp" fixtures "$work/rust_logits.txt"
 
+# An ONNX model imported by the trainer, for the Python tests to run through the C ABI
+# against ONNX Runtime's logits (skipped without the CIFAR-10 archive).
+imported="$(scripts/imported-models.sh)"
+[ -n "$imported" ] || echo "warning: no CIFAR-10 archive; the imported-model Python test is skipped" >&2
+
 echo "== Python tests"
 venv="$target/py-bindings"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install -q --disable-pip-version-check pytest numpy ./bindings/python
 CIFAR_LIBRARY="$prefix/lib/libcifar.so" CIFAR_FIXTURES="$root/fixtures" CIFAR_RUST_LOGITS="$work/rust_logits.txt" \
-  "$venv/bin/python" -m pytest -q -p no:cacheprovider bindings/python/tests
+  CIFAR_IMPORTED="$imported" "$venv/bin/python" -m pytest -q -p no:cacheprovider bindings/python/tests
 echo "bindings: all passed"

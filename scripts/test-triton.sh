@@ -22,6 +22,8 @@ if ! cmp -s "$req" "$venv/requirements.txt" 2>/dev/null; then
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"
   cp "$req" "$venv/requirements.txt"
 fi
+# An ONNX model imported by the trainer (skipped without the CIFAR-10 archive).
+imported="$(scripts/imported-models.sh)"
 CIFAR_SERVE="$target/release/cifar-serve" CIFAR_FIXTURES="$root/fixtures" CIFAR_RUST_LOGITS="$work/rust_logits.txt" \
-  "$venv/bin/python" -m pytest -q -p no:cacheprovider server/tests/triton
+  CIFAR_IMPORTED="$imported" "$venv/bin/python" -m pytest -q -p no:cacheprovider server/tests/triton
 echo "tritonclient: all passed"

@@ -118,3 +118,40 @@ def test_logits_equal_the_rust_sdk_bit_for_bit():
         for p in preds:
             got = struct.unpack("<I", struct.pack("<f", p.logit))[0]
             assert got == int(bits[p.class_index], 16), (model, image, p)
+
+
+
+# scripts/imported-models.sh's folder: the fixture MobileNetV2 imported by the trainer.
+IMPORTED = os.environ.get("CIFAR_IMPORTED")
+
+
+@pytest.mark.skipif(not IMPORTED, reason="CIFAR_IMPORTED (scripts/imported-models.sh) is not set")
+def test_an_imported_onnx_model_gives_onnx_runtime_logits():
+    """MobileNetV2 imported from PyTorch's ONNX export (depthwise convolutions, ReLU6,
+    residual adds), through the C ABI: f32 within 1e-4 of ONNX Runtime's logits on the
+    first 1,000 validation images, int8 with the same top-1 on at least 98.7% of them
+    (the bound of the trainer's own test of the same files)."""
+    import numpy as np
+
+    imported = Path(IMPORTED)
+    want = np.fromfile(FIXTURES / "onnx" / "mobilenetv2.ort-logits.f32", dtype="<f4").reshape(-1, 10)
+    n = len(want)
+    px = (imported / "validation-1000.rgb8").read_bytes()
+    assert len(px) == n * 3072
+    chunk = 250
+    logits = {}
+    for precision in ("f32", "int8"):
+        model = cifar.Model(imported / f"mobilenetv2-{precision}.cifar", options=cifar.Options(max_batch=chunk))
+        assert model.precision == precision
+        s = model.session()
+        logits[precision] = np.concatenate(
+            [
+                s.logits_rgb8(px[i * 3072 : (i + chunk) * 3072], chunk, numpy=True).reshape(-1, 10)
+                for i in range(0, n, chunk)
+            ]
+        )
+    scale = np.abs(want).max(axis=1)
+    err = (np.abs(logits["f32"] - want).max(axis=1) / scale).max()
+    assert err < 1e-4, f"f32: max relative error {err:.2e} against ONNX Runtime"
+    same = int((logits["int8"].argmax(axis=1) == want.argmax(axis=1)).sum())
+    assert same >= 0.987 * n, f"int8: top-1 as ONNX Runtime f32 on {same} of {n} images"

@@ -6,6 +6,8 @@ makes the virtual environment and passes:
   CIFAR_FIXTURES     the repository's fixtures/ directory
   CIFAR_RUST_LOGITS  the Rust SDK's logits of every fixture image, as exact bit patterns
                      (ffi/examples/dump_logits.rs): the server must answer them bit for bit
+  CIFAR_IMPORTED     scripts/imported-models.sh's folder (an ONNX model imported by the
+                     trainer), or empty: that test is skipped
 """
 import os
 import pathlib
@@ -55,7 +57,7 @@ def rust_logits():
 class Server:
     """A cifar-serve process on free loopback ports (HTTP and gRPC)."""
 
-    def __init__(self, tmp, extra=()):
+    def __init__(self, tmp, extra=(), model=FIXTURES / "models" / f"{MODEL}.cifar"):
         self.dir = pathlib.Path(tmp)
         (self.dir / "api.key").write_text(API_KEY + "\n")
         (self.dir / "admin.key").write_text(ADMIN_KEY + "\n")
@@ -64,7 +66,7 @@ class Server:
         self.proc = subprocess.Popen(
             [
                 os.environ["CIFAR_SERVE"],
-                "--model", str(FIXTURES / "models" / f"{MODEL}.cifar"),
+                "--model", str(model),
                 "--addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--ready-file", str(ready),
                 "--api-key-file", str(self.dir / "api.key"), "--admin-key-file", str(self.dir / "admin.key"),
                 "--drift-min-images", "10", *extra,
@@ -308,5 +310,36 @@ def test_tls_refuses_plain_text_and_serves_tls_clients():
             ginp.set_data_from_numpy(batch)
             g = gtls.infer(MODEL, [ginp], headers=auth()).as_numpy("logits")
             assert h.view(np.uint32).tolist() == g.view(np.uint32).tolist()
+        finally:
+            s.stop()
+
+
+@pytest.mark.skipif(not os.environ.get("CIFAR_IMPORTED"), reason="CIFAR_IMPORTED is not set")
+def test_an_imported_onnx_model_serves_onnx_runtime_logits():
+    """The fixture MobileNetV2, imported from PyTorch's ONNX export by the trainer (f32),
+    served: its logits over HTTP and gRPC within 1e-4 of ONNX Runtime's on 64 validation
+    images."""
+    imported = pathlib.Path(os.environ["CIFAR_IMPORTED"])
+    n = 64
+    want = np.fromfile(FIXTURES / "onnx" / "mobilenetv2.ort-logits.f32", dtype="<f4").reshape(-1, 10)[:n]
+    batch = np.frombuffer((imported / "validation-1000.rgb8").read_bytes(), dtype=np.uint8)[: n * 3072]
+    batch = batch.reshape(n, 32, 32, 3)
+    with tempfile.TemporaryDirectory() as tmp:
+        s = Server(tmp, model=imported / "mobilenetv2-f32.cifar")
+        try:
+            name = "mobilenetv2-f32"
+            http, grpc_client = httpclient.InferenceServerClient(s.http), grpcclient.InferenceServerClient(s.grpc)
+            inp = httpclient.InferInput("images", list(batch.shape), "UINT8")
+            inp.set_data_from_numpy(batch, binary_data=True)
+            out = [httpclient.InferRequestedOutput("logits", binary_data=True)]
+            by_http = http.infer(name, [inp], outputs=out, headers=auth()).as_numpy("logits")
+            ginp = grpcclient.InferInput("images", list(batch.shape), "UINT8")
+            ginp.set_data_from_numpy(batch)
+            by_grpc = grpc_client.infer(
+                name, [ginp], outputs=[grpcclient.InferRequestedOutput("logits")], headers=auth()
+            ).as_numpy("logits")
+            for got in (by_http, by_grpc):
+                err = (np.abs(got - want).max(axis=1) / np.abs(want).max(axis=1)).max()
+                assert err < 1e-4, f"max relative error {err:.2e} against ONNX Runtime"
         finally:
             s.stop()
