@@ -50,6 +50,33 @@ pub(super) unsafe fn depthwise(t: &DepthwiseRow<'_>) {
     }
 }
 
+/// Every pixel of a row, its channels 32 at a time (`$block4`), then 8 (`$block1`), then
+/// the rest ([`tail`]), all from `$input`: the loop of both builds (a macro, so that each
+/// expands inside a function with its own CPU features and the blocks inline).
+///
+/// Unsafe: `$t` must be consistent and its windows and outputs valid (the row's contract).
+macro_rules! each_block {
+    ($t:expr, $input:expr, $block4:expr, $block1:expr) => {{
+        let t: &DepthwiseRow<'_> = $t;
+        let c = t.channels;
+        for (&ip, &op) in t.in_pix.iter().zip(t.out_pix) {
+            let (x, at) = ($input.add(ip - t.in_origin), op - t.out_origin);
+            let mut c0 = 0;
+            while c0 + 32 <= c {
+                $block4(t, x, c0, at);
+                c0 += 32;
+            }
+            while c0 + 8 <= c {
+                $block1(t, x, c0, at);
+                c0 += 8;
+            }
+            if c0 < c {
+                tail(t, x, c0, at);
+            }
+        }
+    }};
+}
+
 /// [`depthwise`] on input elements `T` from `input`.
 ///
 /// # Safety
@@ -59,27 +86,8 @@ unsafe fn pixels<T: Lanes>(t: &DepthwiseRow<'_>, input: *const T) {
     if !t.consistent() {
         return;
     }
-    let c = t.channels;
-    for (&ip, &op) in t.in_pix.iter().zip(t.out_pix) {
-        let (ip, at) = (ip - t.in_origin, op - t.out_origin);
-        // SAFETY: (this block) the caller guarantees `c` values at every window position
-        // of the pixel and `c` output values at `at`; blocks stay below `c`.
-        unsafe {
-            let x = input.add(ip);
-            let mut c0 = 0;
-            while c0 + 32 <= c {
-                block::<T, 4>(t, x, c0, at);
-                c0 += 32;
-            }
-            while c0 + 8 <= c {
-                block::<T, 1>(t, x, c0, at);
-                c0 += 8;
-            }
-            if c0 < c {
-                tail(t, x, c0, at);
-            }
-        }
-    }
+    // SAFETY: the caller's contract; `consistent` held above.
+    unsafe { each_block!(t, input, block::<T, 4>, block::<T, 1>) }
 }
 
 /// The real results of `N` vectors of sums: `act(acc * mult + offset)`.
@@ -278,30 +286,13 @@ pub(super) unsafe fn depthwise_vnni(t: &DepthwiseRow<'_>) {
         // SAFETY: the same contract; AVX2 and FMA are among this function's features.
         return unsafe { depthwise(t) };
     };
-    let c = t.channels;
-    if !t.consistent() || t.weight_pairs.len() < t.koffs.len() * c {
+    let pairs_ok = t.koffs.len().checked_mul(t.channels).is_some_and(|n| t.weight_pairs.len() >= n);
+    if !t.consistent() || !pairs_ok {
         // SAFETY: as above.
         return unsafe { depthwise(t) };
     }
-    for (&ip, &op) in t.in_pix.iter().zip(t.out_pix) {
-        let (ip, at) = (ip - t.in_origin, op - t.out_origin);
-        // SAFETY: as in `pixels`.
-        unsafe {
-            let x = input.add(ip);
-            let mut c0 = 0;
-            while c0 + 32 <= c {
-                block_pairs::<4>(t, x, c0, at);
-                c0 += 32;
-            }
-            while c0 + 8 <= c {
-                block_pairs::<1>(t, x, c0, at);
-                c0 += 8;
-            }
-            if c0 < c {
-                tail(t, x, c0, at);
-            }
-        }
-    }
+    // SAFETY: the caller's contract; `consistent` and the pairs' length held above.
+    unsafe { each_block!(t, input, block_pairs::<4>, block_pairs::<1>) }
 }
 
 /// [`block`] for u8 codes on 16-bit weight pairs.
