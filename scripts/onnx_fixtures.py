@@ -219,6 +219,11 @@ def main():
         "onnxruntime": ort.__version__,
         "models": {},
     }
+    # Models not remade this time keep their entries (and files).
+    if (Path(args.out) / "manifest.json").exists():
+        old = json.loads((Path(args.out) / "manifest.json").read_text())
+        if old.get("dataset_digest") == record["dataset_digest"]:
+            record["models"] = old.get("models", {})
     for name in args.models.split(","):
         cls, lr = MODELS[name]
         model = cls()
