@@ -76,15 +76,13 @@ fn imported_models_give_onnx_runtime_logits() {
     assert_eq!(manifest["dataset_digest"], dataset["digest"], "the fixtures were made on another dataset");
     let tmp = tempdir();
     let opts = ModelOptions { device: DevicePolicy::Cpu, threads: 2, max_batch: 250 };
-    // The target is 99% for both. MobileNetV2 is at 98.8% (2026-12-02; 98.9-99.0%
-    // as the last bits of the f32 depthwise sums and of the int8 epilogue changed, 98.7%
-    // before 8-bit depthwise weights and bias correction): this 3-epoch model (69.6%
-    // top-1) has many near ties, and its logits stay 31-32 dB from f32 whatever the
-    // calibration (300 to 10,000 images) or weight bits (7 or 8), so what is left is the
-    // per-tensor u8 activations; ONNX Runtime's own static quantization gets 98.6%
-    // (min/max) to 99.4% (percentile) on the same images (BENCHMARKS.md). The bound
-    // below guards against regressions from there.
-    for (name, min_agreement) in [("resnet20", 0.99), ("mobilenetv2", 0.987)] {
+    // The target: the same top-1 as ONNX Runtime f32 on 99% of the images, for
+    // both. Measured 2026-12-03: ResNet-20 99.5%, MobileNetV2 99.6%. The MobileNetV2
+    // fixture was trained 3 epochs until then (69.6% top-1) and agreed on 98.8%: a model
+    // that weak has many near ties, and ONNX Runtime's own static quantization of it
+    // agreed on 98.1-98.7% of all 5,000 validation images where ours did on 98.5%
+    // (BENCHMARKS.md); trained 10 epochs (82.6%) it measures quantization, not tie-breaks.
+    for (name, min_agreement) in [("resnet20", 0.99), ("mobilenetv2", 0.99)] {
         let onnx = fixtures().join(format!("{name}.onnx"));
         let want = read_f32(&fixtures().join(format!("{name}.ort-logits.f32")));
         let n = want.len() / 10;

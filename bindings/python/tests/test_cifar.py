@@ -129,7 +129,7 @@ IMPORTED = os.environ.get("CIFAR_IMPORTED")
 def test_an_imported_onnx_model_gives_onnx_runtime_logits():
     """MobileNetV2 imported from PyTorch's ONNX export (depthwise convolutions, ReLU6,
     residual adds), through the C ABI: f32 within 1e-4 of ONNX Runtime's logits on the
-    first 1,000 validation images, int8 with the same top-1 on at least 98.7% of them
+    first 1,000 validation images, int8 with the same top-1 on at least 99% of them
     (the bound of the trainer's own test of the same files)."""
     import numpy as np
 
@@ -154,4 +154,4 @@ def test_an_imported_onnx_model_gives_onnx_runtime_logits():
     err = (np.abs(logits["f32"] - want).max(axis=1) / scale).max()
     assert err < 1e-4, f"f32: max relative error {err:.2e} against ONNX Runtime"
     same = int((logits["int8"].argmax(axis=1) == want.argmax(axis=1)).sum())
-    assert same >= 0.987 * n, f"int8: top-1 as ONNX Runtime f32 on {same} of {n} images"
+    assert same >= 0.99 * n, f"int8: top-1 as ONNX Runtime f32 on {same} of {n} images"
