@@ -2,7 +2,8 @@
 # The ONNX fixture MobileNetV2 (fixtures/onnx: PyTorch's export, with depthwise
 # convolutions, ReLU6 and residual adds) imported by `trainer import-onnx`, f32 and int8,
 # for the binding and server tests to check against ONNX Runtime's logits. Made once per
-# target folder; prints the folder, which holds
+# target folder and made again when the fixture or the trainer changes; prints the
+# folder, which holds
 #
 #   mobilenetv2-f32.cifar, mobilenetv2-int8.cifar
 #   validation-1000.rgb8   the first 1,000 validation images (HWC RGB8, the images of
@@ -18,7 +19,9 @@ source scripts/target-dir.sh
 archive="$PWD/../shared/data/cifar10-train-jpg.tar.gz"
 [ -f "$archive" ] && [ "${CIFAR_IMPORTED_MODELS:-}" != skip ] || exit 0
 dir="$target/imported-models"
-if [ ! -f "$dir/done" ]; then
+# What the files were made from: the fixture and the trainer binary.
+made_from() { sha256sum fixtures/onnx/mobilenetv2.onnx "$target/release/trainer" 2>/dev/null | cut -d' ' -f1; }
+if [ "$(cat "$dir/done" 2>/dev/null)" != "$(made_from)" ]; then
   # The build of scripts/test.sh's `cargo test` (a `cargo build -p` would resolve other
   # features and build crates again).
   cargo test -q --release --locked --workspace --no-run >&2
@@ -42,6 +45,6 @@ idx = struct.unpack("<1000I", val[:4000])
 open(sys.argv[2], "wb").write(b"".join(images[i * 3072 : (i + 1) * 3072] for i in idx))
 PY
   rm -rf "$dir/cifar10"
-  touch "$dir/done"
+  made_from >"$dir/done"
 fi
 echo "$dir"

@@ -6,8 +6,9 @@
 # harness uses; training takes about 5 minutes per epoch of MobileNetV2 and 3 per epoch
 # of ResNet-20 on 2 cores.
 #
-#   scripts/onnx-fixtures.sh --models resnet20 --epochs 3        # as committed
-#   scripts/onnx-fixtures.sh --models mobilenetv2 --epochs 10    # as committed (about 50 minutes)
+#   scripts/onnx-fixtures.sh                       # both, as committed (ResNet-20 3 epochs, MobileNetV2 10)
+#   scripts/onnx-fixtures.sh --models resnet20     # one model; the other keeps its files
+#   scripts/onnx-fixtures.sh --epochs 1            # every model 1 epoch (a quick check)
 #
 # Environment: VENV (another virtual environment to install into).
 set -euo pipefail

@@ -136,7 +136,10 @@ class MobileNetV2(nn.Module):
         return self.classifier(self.dropout(torch.flatten(self.pool(self.features(x)), 1)))
 
 
-MODELS = {"resnet20": (ResNet20, 0.1), "mobilenetv2": (MobileNetV2, 0.1)}
+# Name -> (class, peak learning rate, epochs of the committed fixture). MobileNetV2 gets
+# 10: trained 3 (69.6% top-1) it had so many near ties between its top two classes that
+# int8 top-1 agreement measured tie-breaking (BENCHMARKS.md, issue 21).
+MODELS = {"resnet20": (ResNet20, 0.1, 3), "mobilenetv2": (MobileNetV2, 0.1, 10)}
 
 
 def augment(x):
@@ -187,7 +190,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="data/cifar10", help="dataset directory made by `trainer data import`")
     ap.add_argument("--out", default="fixtures/onnx")
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=0, help="epochs for every model (0: each model's own, as committed)")
     ap.add_argument("--train-limit", type=int, default=0, help="train on this many random training images (0: all)")
     ap.add_argument("--reference-images", type=int, default=1000, help="validation images whose ORT logits are kept")
     ap.add_argument("--models", default=",".join(MODELS))
@@ -219,17 +222,23 @@ def main():
         "onnxruntime": ort.__version__,
         "models": {},
     }
-    # Models not remade this time keep their entries (and files).
-    if (Path(args.out) / "manifest.json").exists():
-        old = json.loads((Path(args.out) / "manifest.json").read_text())
-        if old.get("dataset_digest") == record["dataset_digest"]:
-            record["models"] = old.get("models", {})
+    # Models not remade this time keep their entries (and files), if they were made the
+    # same way.
+    remade = set(args.models.split(","))
+    if (out / "manifest.json").exists():
+        old = json.loads((out / "manifest.json").read_text())
+        kept = set(old.get("models", {})) - remade
+        differ = [k for k in ("dataset_digest", "reference_images", "normalization", "torch", "onnx", "onnxruntime") if old.get(k) != record[k]]
+        if kept and differ:
+            raise SystemExit(f"{out}/manifest.json: {', '.join(kept)} were made with another {', '.join(differ)}; remake them too (--models)")
+        record["models"] = {k: v for k, v in old.get("models", {}).items() if k in kept}
     for name in args.models.split(","):
-        cls, lr = MODELS[name]
+        cls, lr, epochs = MODELS[name]
+        epochs = args.epochs or epochs
         model = cls()
         params = sum(p.numel() for p in model.parameters())
-        print(f"{name}: {params} parameters, training {args.epochs} epochs on {len(x_train)} images", flush=True)
-        train(model, x_train, y_train, args.epochs, lr)
+        print(f"{name}: {params} parameters, training {epochs} epochs on {len(x_train)} images", flush=True)
+        train(model, x_train, y_train, epochs, lr)
         path = out / f"{name}.onnx"
         export(model, path)
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -243,7 +252,7 @@ def main():
         record["models"][name] = {
             "file": path.name,
             "parameters": params,
-            "epochs": args.epochs,
+            "epochs": epochs,
             "train_images": len(x_train),
             "ort_top1": ort_acc,
             "validation_images": len(y_val),
